@@ -1,0 +1,123 @@
+"""Bad-sample accounting: the kinds of bad sample, per-kind counters and the max-bad-fraction check.
+
+A bad sample is skipped, never fatal. Workers count what they skip per kind and send the counts to
+the main process with each batch (see ``resumable.BatchMeta``); the loader sums them per epoch and
+stops the run with :class:`DataQualityError` when too large a fraction of what was read was bad.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+
+# Kinds of bad sample. Strings (not an enum) so counts pickle and log as plain dicts.
+IMAGE_DECODE_ERROR = "image_decode_error"  # corrupt / truncated / unknown image bytes
+TAR_READ_ERROR = "tar_read_error"  # shard that cannot be opened, truncated or corrupt tar
+EMPTY_MEMBER = "empty_member"  # zero-byte image or caption member
+MISSING_IMAGE = "missing_image"  # sample (or CSV row) without an image / image file not found
+MISSING_CAPTION = "missing_caption"  # sample (or CSV row) without a caption
+CAPTION_ENCODING_ERROR = "caption_encoding_error"  # caption bytes that are not UTF-8
+CSV_ROW_ERROR = "csv_row_error"  # CSV line that cannot be parsed
+TRANSFORM_ERROR = "transform_error"  # preprocess or tokenizer raised on this sample
+
+BAD_SAMPLE_KINDS = (
+    IMAGE_DECODE_ERROR,
+    TAR_READ_ERROR,
+    EMPTY_MEMBER,
+    MISSING_IMAGE,
+    MISSING_CAPTION,
+    CAPTION_ENCODING_ERROR,
+    CSV_ROW_ERROR,
+    TRANSFORM_ERROR,
+)
+
+DEFAULT_MAX_BAD_FRACTION = 0.1
+# The fraction is only meaningful once enough samples were read; before that only the end-of-epoch
+# check applies.
+MIN_SAMPLES_FOR_CHECK = 1000
+
+_log = logging.getLogger(__name__)
+
+
+class DataQualityError(RuntimeError):
+    """Raised when the data has too many bad samples (or no good one) to train on."""
+
+
+class BadSampleCounter:
+    """Counts good samples and bad samples per kind; supports deltas for shipping to the main process."""
+
+    def __init__(self) -> None:
+        self.good = 0
+        self.bad: Counter[str] = Counter()
+        self._shipped_good = 0
+        self._shipped_bad: Counter[str] = Counter()
+
+    def add_bad(self, kind: str, detail: str = "") -> None:
+        """Count one skipped sample of ``kind`` (one of ``BAD_SAMPLE_KINDS``)."""
+        if kind not in BAD_SAMPLE_KINDS:
+            raise ValueError(f"Unknown bad-sample kind {kind!r}; valid kinds: {BAD_SAMPLE_KINDS}")
+        self.bad[kind] += 1
+        if detail:
+            _log.debug("Skipping bad sample (%s): %s", kind, detail)
+
+    def add_good(self, n: int = 1) -> None:
+        self.good += n
+
+    @property
+    def total_bad(self) -> int:
+        return sum(self.bad.values())
+
+    def take_delta(self) -> tuple[int, dict[str, int]]:
+        """Return (good, bad-per-kind) counted since the previous call."""
+        good = self.good - self._shipped_good
+        bad = {k: v - self._shipped_bad[k] for k, v in self.bad.items() if v - self._shipped_bad[k]}
+        self._shipped_good = self.good
+        self._shipped_bad = Counter(self.bad)
+        return good, bad
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+def check_bad_fraction(
+    good: int,
+    bad: Mapping[str, int],
+    max_fraction: float,
+    end_of_epoch: bool = False,
+    where: str = "",
+) -> None:
+    """Raise :class:`DataQualityError` if too large a fraction of the samples read was bad.
+
+    Checked once ``MIN_SAMPLES_FOR_CHECK`` samples were read, and always at the end of an epoch.
+    ``max_fraction >= 1`` disables the check, except that an epoch with no good sample always fails.
+
+    Args:
+        good: number of good samples read.
+        bad: bad samples read, per kind.
+        max_fraction: largest tolerated ``bad / (good + bad)``.
+        end_of_epoch: check even when fewer than ``MIN_SAMPLES_FOR_CHECK`` samples were read.
+        where: dataset description for the message.
+    """
+    n_bad = sum(bad.values())
+    total = good + n_bad
+    if total == 0 or (total < MIN_SAMPLES_FOR_CHECK and not end_of_epoch):
+        return
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()) if v)
+    if good == 0:
+        raise DataQualityError(
+            f"No valid sample among the {total} samples read{where} (bad: {detail}). "
+            "Check the data paths and format."
+        )
+    frac = n_bad / total
+    if frac > max_fraction:
+        raise DataQualityError(
+            f"{n_bad} of {total} samples read{where} were bad ({frac:.1%} > data_max_bad_fraction="
+            f"{max_fraction}; {detail}). Fix the data or raise --data-max-bad-fraction."
+        )
+
+
+def merge_counts(into: Counter, delta: Mapping[str, int]) -> None:
+    """Add per-kind counts ``delta`` into ``into``."""
+    for k, v in delta.items():
+        into[k] += v
