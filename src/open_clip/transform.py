@@ -230,7 +230,9 @@ def _train_transform(
     steps += [MaybeToTensor(), normalize]
     if aug:
         # Quirk kept from 3.3: the jitter / grayscale keys are listed even though used above.
-        warnings.warn(f"Unused augmentation cfg items, specify `use_timm` to use ({list(aug.keys())}).")
+        warnings.warn(
+            f"Unused augmentation cfg items, specify `use_timm` to use ({list(aug.keys())}).", stacklevel=3
+        )
     return CheckedCompose(steps)
 
 

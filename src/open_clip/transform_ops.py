@@ -49,17 +49,13 @@ def check_image(img: Any) -> None:
             raise OSError(f"Could not decode image {name!r}: {e}") from e
         return
     if isinstance(img, torch.Tensor):
-        if img.ndim < 2 or img.shape[-1] == 0 or img.shape[-2] == 0 or img.numel() == 0:
+        if img.ndim < 2 or img.numel() == 0:
             raise ValueError(
-                f"Image tensor of shape {tuple(img.shape)} is empty; expected (C, H, W) with H, W >= 1."
+                f"Image tensor of shape {tuple(img.shape)} has no pixels; expected (C, H, W) with H, W >= 1."
             )
         return
-    kind = "a numpy array; wrap it with PIL.Image.fromarray" if isinstance(img, np.ndarray) else None
-    raise TypeError(
-        f"Expected a PIL.Image.Image or a torch.Tensor, got {type(img).__name__}"
-        + (f" ({kind})" if kind else "")
-        + "."
-    )
+    hint = " (wrap numpy arrays with PIL.Image.fromarray)" if isinstance(img, np.ndarray) else ""
+    raise TypeError(f"Expected a PIL.Image.Image or a torch.Tensor, got {type(img).__name__}{hint}.")
 
 
 class CheckedCompose(Compose):
