@@ -2,8 +2,9 @@
 int8 inference conversion and feature-index selection for ``forward_intermediates``."""
 
 import collections.abc
+from collections.abc import Callable
 from itertools import repeat
-from typing import Callable, List, Optional, Set, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ def to_ntuple(n: int, x):
 def replace_linear(
     model: nn.Module,
     linear_replacement: Callable,
-    include_modules: Optional[List[str]] = None,
+    include_modules: Optional[list[str]] = None,
     copy_weights: bool = True,
 ) -> nn.Module:
     """Recursively replace ``nn.Linear`` children named in ``include_modules`` (default
@@ -114,9 +115,9 @@ def convert_int8_model_to_inference_mode(model: nn.Module) -> None:
 
 def feature_take_indices(
     num_features: int,
-    indices: Optional[Union[int, List[int], Tuple[int, ...]]] = None,
+    indices: Optional[Union[int, list[int], tuple[int, ...]]] = None,
     as_set: bool = False,
-) -> Tuple[Union[List[int], Set[int]], int]:
+) -> tuple[Union[list[int], set[int]], int]:
     """Resolve ``forward_intermediates`` indices.
 
     Args:
@@ -147,7 +148,7 @@ def feature_take_indices(
     return take_indices, max(take_indices)
 
 
-def _out_indices_as_tuple(x: Union[int, Tuple[int, ...]]) -> Tuple[int, ...]:
+def _out_indices_as_tuple(x: Union[int, tuple[int, ...]]) -> tuple[int, ...]:
     if isinstance(x, int):
         # an int n means the last n feature levels
         return tuple(range(-x, 0))

@@ -1,0 +1,390 @@
+"""The native text transformer tower (``TextTransformer``), its pooling helper
+``text_global_pool``, ``lock_text_tower`` and the exact early-stop helpers.
+
+Early stop (beyond 3.3): in a causal tower the output at position j depends only on positions
+<= j, so when the pooled position of every row is known from the tokens (``argmax`` / ``eos``
+pooling) the positions after the largest pooled position can't change the result and are not
+computed. It is exact and on by default where it applies; ``tower.early_stop = False`` turns it
+off. ``tower.early_stop_buckets = k`` (k > 1, eager mode only) additionally sorts the rows by pooled
+position and encodes k length buckets separately, each trimmed to its own longest row (rows are
+independent, so this is exact too), restoring the input order. ``trim_text_for_pooling`` exposes
+the same rule for ``CLIP.encode_text``.
+"""
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from .attention import Transformer, build_causal_mask
+from .layers import LayerNorm
+
+__all__ = [
+    "TextTransformer",
+    "text_global_pool",
+    "text_pool_positions",
+    "trim_text_for_pooling",
+    "lock_text_tower",
+]
+
+_POOL_TYPES = ("first", "last", "argmax", "eos", "none")
+
+
+def text_pool_positions(
+    text: torch.Tensor, pool_type: str = "argmax", eos_token_id: Optional[int] = None
+) -> Optional[torch.Tensor]:
+    """Per-row position [B] that ``text_global_pool`` reads for token-dependent pool types
+    (``argmax``: first largest id; ``eos``: first ``eos_token_id``, 0 if absent), else None."""
+    if pool_type == "argmax":
+        return text.argmax(dim=-1)
+    if pool_type == "eos" and eos_token_id is not None:
+        return (text == eos_token_id).int().argmax(dim=-1)
+    return None
+
+
+def text_global_pool(
+    x: torch.Tensor,
+    text: Optional[torch.Tensor] = None,
+    pool_type: str = "argmax",
+    eos_token_id: Optional[int] = None,
+) -> torch.Tensor:
+    """Pool token features x [B, L, D] to [B, D]: ``first``, ``last``, ``argmax`` (position of the
+    largest token id), ``eos`` (first ``eos_token_id``); any other type returns x unchanged."""
+    if pool_type == "first":
+        return x[:, 0]
+    if pool_type == "last":
+        return x[:, -1]
+    if pool_type == "argmax":
+        assert text is not None
+        return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+    if pool_type == "eos":
+        assert text is not None
+        assert eos_token_id is not None
+        idx = (text == eos_token_id).int().argmax(dim=-1)
+        return x[torch.arange(x.shape[0], device=x.device), idx]
+    return x
+
+
+def trim_text_for_pooling(
+    text: torch.Tensor, pool_type: str, eos_token_id: Optional[int] = None, causal: bool = True
+) -> torch.Tensor:
+    """Return the shortest prefix of ``text`` [B, L] whose causal encoding pools exactly like the
+    full sequence: ``text[:, :max(pool position) + 1]``. Returns ``text`` itself when not exact
+    (non-causal attention, pool types that don't depend on the tokens) or while tracing (a traced
+    graph must not bake in one batch's length)."""
+    if not causal or torch.jit.is_tracing() or text.shape[0] == 0:
+        return text
+    positions = text_pool_positions(text, pool_type, eos_token_id)
+    if positions is None:
+        return text
+    length = int(positions.max().item()) + 1
+    if length >= text.shape[1]:
+        return text
+    return text[:, :length]
+
+
+class TextTransformer(nn.Module):
+    """Text tower: token + position embeddings, (causal) transformer, ``ln_final``, pooling and
+    projection, with 3.3's parameter layout and seeded initialisation.
+
+    Returns pooled [B, output_dim] (or ``(pooled, tokens)`` with ``output_tokens``).
+    Attribute ``early_stop`` (default True) enables the exact early-stop trimming;
+    ``early_stop_buckets`` (default 1) > 1 also encodes length-sorted buckets separately.
+    """
+
+    output_tokens: torch.jit.Final[bool]
+
+    def __init__(
+        self,
+        context_length: int = 77,
+        vocab_size: int = 49408,
+        width: int = 512,
+        heads: int = 8,
+        layers: int = 12,
+        mlp_ratio: float = 4.0,
+        ls_init_value: Optional[float] = None,
+        output_dim: Optional[int] = 512,
+        embed_cls: bool = False,
+        no_causal_mask: bool = False,
+        use_pad_mask: bool = False,
+        correct_cls_mask: bool = False,
+        pad_id: int = 0,
+        eos_id: int = 2,
+        pool_type: str = "argmax",
+        proj_type: str = "linear",
+        proj_bias: bool = False,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = LayerNorm,
+        output_tokens: bool = False,
+        block_type: Optional[str] = None,
+        qk_norm: bool = False,
+        scaled_cosine_attn: bool = False,
+        scale_heads: bool = False,
+        scale_attn_inner: bool = False,
+        scale_attn: bool = False,
+        scale_fc: bool = False,
+    ):
+        super().__init__()
+        assert pool_type in _POOL_TYPES
+        self.output_tokens = output_tokens
+        self.num_pos = self.context_length = context_length
+        self.vocab_size = vocab_size
+        self.width = width
+        self.output_dim = output_dim
+        self.heads = heads
+        self.pad_id = pad_id
+        self.eos_id = eos_id
+        self.pool_type = pool_type
+        self.use_pad_mask = use_pad_mask and no_causal_mask
+        self.correct_cls_mask = correct_cls_mask
+        self.early_stop = True
+        self.early_stop_buckets = 1
+
+        # creation order = RNG consumption order of 3.3 (spec 02 §6.1, §12)
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        if embed_cls:
+            self.cls_emb = nn.Parameter(torch.empty(width))
+            self.num_pos += 1
+        else:
+            self.cls_emb = None
+        self.positional_embedding = nn.Parameter(torch.empty(self.num_pos, width))
+        self.transformer = Transformer(
+            width=width,
+            layers=layers,
+            heads=heads,
+            mlp_ratio=mlp_ratio,
+            ls_init_value=ls_init_value,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            block_type=block_type,
+            qk_norm=qk_norm,
+            scaled_cosine_attn=scaled_cosine_attn,
+            scale_heads=scale_heads,
+            scale_attn_inner=scale_attn_inner,
+            scale_attn=scale_attn,
+            scale_fc=scale_fc,
+        )
+        self.ln_final = norm_layer(width)
+        if no_causal_mask:
+            self.attn_mask = None
+        else:
+            self.register_buffer("attn_mask", self.build_causal_mask(), persistent=False)
+        if proj_type == "none" or not output_dim:
+            self.text_projection = None
+        elif proj_bias:
+            self.text_projection = nn.Linear(width, output_dim)
+        else:
+            self.text_projection = nn.Parameter(torch.empty(width, output_dim))
+        self.init_parameters()
+
+    def init_parameters(self) -> None:
+        """3.3's normal init of embeddings, block weights and projection (draws from the RNG)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        if self.cls_emb is not None:
+            nn.init.normal_(self.cls_emb, std=0.01)
+
+        width, layers = self.transformer.width, self.transformer.layers
+        proj_std = (width**-0.5) * ((2 * layers) ** -0.5)
+        attn_std = width**-0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+        if isinstance(self.text_projection, nn.Linear):
+            nn.init.normal_(self.text_projection.weight, std=width**-0.5)
+            if self.text_projection.bias is not None:
+                nn.init.zeros_(self.text_projection.bias)
+        elif self.text_projection is not None:
+            nn.init.normal_(self.text_projection, std=width**-0.5)
+
+    def build_causal_mask(self) -> torch.Tensor:
+        """Additive causal mask [num_pos, num_pos] (float32, -inf above the diagonal)."""
+        return build_causal_mask(self.num_pos)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        no_wd = {"positional_embedding"}
+        if self.cls_emb is not None:
+            no_wd.add("cls_emb")
+        return no_wd
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the tower except its last ``unlocked_layers`` layer groups."""
+        assert freeze_layer_norm, "Unfreezing LayerNorm is not supported. LayerNorm treated like other weights."
+        lock_text_tower(self, unlocked_layers)
+
+    def _build_additive_mask(self, text: torch.Tensor, seq_len: int, dtype: torch.dtype) -> torch.Tensor:
+        """Key-padding mask [B*H, S, S] (row b*H + h), -inf at invalid keys."""
+        valid = text != self.pad_id  # (B, L)
+        if self.cls_emb is not None:
+            cls_valid = torch.ones(valid.shape[0], 1, dtype=valid.dtype, device=valid.device)
+            # legacy (3.3 default): the always-valid column goes FIRST although CLS is appended last
+            valid = torch.cat([valid, cls_valid] if self.correct_cls_mask else [cls_valid, valid], dim=1)
+        float_mask = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+        float_mask = float_mask.masked_fill(~valid, float("-inf"))  # (B, S)
+        float_mask = float_mask[:, None, :].expand(-1, seq_len, -1)  # (B, S, S)
+        return float_mask.repeat_interleave(self.heads, dim=0)
+
+    def _embeds(self, text: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Token (+CLS) embeddings with positions, and the attention mask for them."""
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(text).to(cast_dtype)  # (B, L, W)
+        cls_emb = self.cls_emb
+        if cls_emb is not None:
+            # cast: an fp32 CLS appended to fp16 tokens would promote the sequence (3.3 bug)
+            x = torch.cat([x, cls_emb.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)], dim=1)
+        seq_len = x.shape[1]
+        attn_mask: Optional[torch.Tensor] = None
+        causal_mask = self.attn_mask
+        if causal_mask is not None:
+            attn_mask = causal_mask[:seq_len, :seq_len]
+        if self.use_pad_mask or cls_emb is not None:
+            pad_mask = self._build_additive_mask(text, seq_len, x.dtype)
+            attn_mask = pad_mask if attn_mask is None else attn_mask + pad_mask  # (B*H, S, S)
+        x = x + self.positional_embedding[:seq_len].to(cast_dtype)
+        return x, attn_mask
+
+    def _can_early_stop(self) -> bool:
+        return (
+            self.early_stop
+            and not self.output_tokens
+            and self.cls_emb is None
+            and self.attn_mask is not None
+            and (self.pool_type == "argmax" or self.pool_type == "eos")
+        )
+
+    def _pool_and_project(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cls_emb is not None:
+            # CLS token is last: final LN after pooling; tokens are not normalised
+            pooled = self.ln_final(x[:, -1])
+            tokens = x[:, :-1]
+        else:
+            x = self.ln_final(x)
+            pooled = text_global_pool(x, text, pool_type=self.pool_type, eos_token_id=self.eos_id)
+            tokens = x
+        return self._project(pooled), tokens
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        # early returns keep this scriptable for all three projection kinds
+        if isinstance(self.text_projection, torch.Tensor):
+            return pooled @ self.text_projection
+        if self.text_projection is not None:
+            return self.text_projection(pooled)  # nn.Linear (proj_bias=True)
+        return pooled
+
+    @torch.jit.unused
+    def _forward_bucketed(self, text: torch.Tensor) -> torch.Tensor:
+        """Encode length-sorted buckets separately (each trimmed), then restore the row order."""
+        positions = text_pool_positions(text, self.pool_type, self.eos_id)
+        assert positions is not None
+        out = None
+        for idx in torch.argsort(positions).tensor_split(self.early_stop_buckets):
+            if idx.numel() == 0:
+                continue
+            sub = trim_text_for_pooling(text[idx], self.pool_type, self.eos_id, causal=True)
+            x, attn_mask = self._embeds(sub)
+            pooled, _ = self._pool_and_project(self.transformer(x, attn_mask=attn_mask), sub)
+            if out is None:
+                out = pooled.new_empty((text.shape[0],) + tuple(pooled.shape[1:]))
+            out[idx] = pooled
+        assert out is not None
+        return out
+
+    def forward(self, text: torch.Tensor):
+        if self._can_early_stop():
+            if (
+                not torch.jit.is_scripting()
+                and self.early_stop_buckets > 1
+                and not torch.jit.is_tracing()
+                and text.shape[0] > 1
+            ):
+                return self._forward_bucketed(text)
+            text = trim_text_for_pooling(text, self.pool_type, self.eos_id, causal=True)
+        x, attn_mask = self._embeds(text)
+        x = self.transformer(x, attn_mask=attn_mask)  # (B, S, W)
+        pooled, tokens = self._pool_and_project(x, text)
+        if self.output_tokens:
+            return pooled, tokens
+        return pooled
+
+    def forward_intermediates(
+        self,
+        text: torch.Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        stop_early: bool = False,
+        normalize_intermediates: bool = False,
+        intermediates_only: bool = False,
+        output_fmt: str = "NLC",
+        output_extra_tokens: bool = False,
+    ) -> dict[str, Union[torch.Tensor, list[torch.Tensor]]]:
+        """Block outputs (``text_intermediates``; CLS column split into
+        ``text_intermediates_suffix``) plus ``text_features`` unless ``intermediates_only``.
+        Default ``output_fmt`` is 'NLC' (3.3's 'NCHW' default always failed)."""
+        assert output_fmt == "NLC", "Output format must be NLC."
+        x, attn_mask = self._embeds(text)
+        x, intermediates = self.transformer.forward_intermediates(
+            x, attn_mask=attn_mask, indices=indices, stop_early=stop_early
+        )
+        suffix = None
+        if self.cls_emb is not None:
+            suffix = [t[:, -1:] for t in intermediates]
+            intermediates = [t[:, :-1] for t in intermediates]
+        if normalize_intermediates:
+            intermediates = [self.ln_final(t) for t in intermediates]
+        output: dict[str, Union[torch.Tensor, list[torch.Tensor]]] = {"text_intermediates": intermediates}
+        if suffix is not None and output_extra_tokens:
+            output["text_intermediates_suffix"] = suffix
+        if intermediates_only:
+            return output
+        output["text_features"], _ = self._pool_and_project(x, text)
+        return output
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Keep the blocks needed for ``indices``; optionally drop ``ln_final`` / the projection."""
+        take_indices = self.transformer.prune_intermediate_layers(indices)
+        if prune_norm:
+            self.ln_final = nn.Identity()
+        if prune_head:
+            self.text_projection = None
+        return take_indices
+
+
+def lock_text_tower(model: nn.Module, unlocked_layers: int = 0) -> None:
+    """Freeze a text tower (a CLIP with top-level text modules, a TextTransformer, or anything
+    with ``.text``); then unfreeze the last ``unlocked_layers`` groups ([embeddings], block 0,
+    …, [last block, ln_final], [text_projection])."""
+    tower = model.text if isinstance(getattr(model, "text", None), nn.Module) else model
+    embeds = [getattr(tower, n, None) for n in ("token_embedding", "positional_embedding", "cls_emb")]
+    embeds = [e for e in embeds if e is not None]
+    projection = getattr(tower, "text_projection", None)
+    parts = [*embeds, tower.transformer, tower.ln_final, projection]
+
+    def _set(x, flag: bool) -> None:
+        if x is None:
+            return
+        if isinstance(x, nn.Parameter):
+            x.requires_grad = flag
+        elif isinstance(x, nn.Module):
+            for p in x.parameters():
+                p.requires_grad = flag
+        else:
+            for item in x:
+                _set(item, flag)
+
+    _set(parts, False)
+    if unlocked_layers > 0:
+        resblocks = list(tower.transformer.resblocks)
+        groups = [embeds, *resblocks[:-1], [resblocks[-1], tower.ln_final]]
+        if projection is not None:
+            groups.append(projection)
+        _set(groups[-min(unlocked_layers, len(groups)) :], True)
