@@ -58,8 +58,7 @@ class BadSampleCounter:
         if kind not in BAD_SAMPLE_KINDS:
             raise ValueError(f"Unknown bad-sample kind {kind!r}; valid kinds: {BAD_SAMPLE_KINDS}")
         self.bad[kind] += 1
-        if detail:
-            _log.debug("Skipping bad sample (%s): %s", kind, detail)
+        log_skip(kind, detail)
 
     def add_good(self, n: int = 1) -> None:
         self.good += n
@@ -121,3 +120,39 @@ def merge_counts(into: Counter, delta: Mapping[str, int]) -> None:
     """Add per-kind counts ``delta`` into ``into``."""
     for k, v in delta.items():
         into[k] += v
+
+
+class BadSample(Exception):
+    """Raised while loading one sample to say it must be skipped and counted as ``kind``."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class Skip:
+    """Placeholder a dataset returns instead of a sample it skipped (picklable, crosses processes)."""
+
+    __slots__ = ("kind", "detail")
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        self.kind = kind
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"Skip({self.kind!r}, {self.detail!r})"
+
+
+_WARN_LIMIT = 20
+_warned = Counter()
+
+
+def log_skip(kind: str, detail: str) -> None:
+    """Log a skipped sample; after ``_WARN_LIMIT`` warnings per kind and process, only at DEBUG level."""
+    _warned[kind] += 1
+    if _warned[kind] <= _WARN_LIMIT:
+        more = " (further ones of this kind logged at DEBUG level)" if _warned[kind] == _WARN_LIMIT else ""
+        _log.warning("Skipping bad sample (%s): %s%s", kind, detail, more)
+    else:
+        _log.debug("Skipping bad sample (%s): %s", kind, detail)

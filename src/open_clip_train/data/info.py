@@ -49,9 +49,8 @@ class DataInfo:
         """The loader position (see ``ResumableLoader.state_dict``)."""
         return self.dataloader.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a position saved by :meth:`state_dict`; the next epoch iterated continues from it."""
+    def load_state_dict(self, state: dict | list) -> None:
+        """Restore a position saved by :meth:`state_dict` (or a list of every rank's states); the next
+        epoch iterated continues from it. Also sets the shared epoch to the saved one."""
         self.dataloader.load_state_dict(state)
-        epoch = state.get("epoch")
-        if epoch is not None:
-            self.set_epoch(epoch)
+        self.set_epoch(self.dataloader.shared_epoch.get_value())
