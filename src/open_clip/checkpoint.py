@@ -3,20 +3,24 @@
 Owns `load_state_dict` (file -> dict of tensors: safetensors or `torch.load(weights_only=True)`,
 `state_dict` wrapper, `module.` prefixes), `load_checkpoint` (the fix-up pipeline: foreign formats,
 old text-tower layouts, logit scale/bias shapes, position-embedding resizing, strict loading with
-readable errors), the resizing helpers and `_find_checkpoint_in_dir` for `local-dir:` models.
+readable errors), the resizing helpers, `_find_checkpoint_in_dir` for `local-dir:` models, and
+`load_into_meta_model`, which loads a checkpoint into a model built on the meta device (no init).
 """
 
+import contextlib
 import logging
 import math
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-StateDict = Dict[str, torch.Tensor]
+StateDict = dict[str, torch.Tensor]
 
 # Keys OpenAI TorchScript archives carry that are not model parameters.
 _JIT_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -212,7 +216,8 @@ def _fix_logit_params(model: torch.nn.Module, state_dict: StateDict) -> None:
         param = getattr(model, name, None)
         if name in state_dict and param is not None and state_dict[name].ndim != param.ndim:
             state_dict[name] = state_dict[name].reshape(param.shape)
-    if 'logit_bias' not in state_dict and getattr(model, 'logit_bias', None) is not None:
+    has_bias = getattr(model, 'logit_bias', None) is not None
+    if has_bias and 'logit_bias' not in state_dict and 'logit_scale' in state_dict:
         # Quirk kept from 3.3: a CLIP checkpoint loaded into a SigLIP-style model gets bias 0.
         state_dict['logit_bias'] = torch.zeros_like(state_dict['logit_scale'])
 
@@ -229,7 +234,7 @@ def describe_architecture(model: torch.nn.Module) -> str:
     return f"{type(model).__name__}({', '.join(parts)})"
 
 
-def _key_list(keys: List[str], limit: int = 10) -> str:
+def _key_list(keys: list[str], limit: int = 10) -> str:
     shown = ', '.join(keys[:limit])
     more = f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''
     return f'{len(keys)}: {shown}{more}'
@@ -336,3 +341,99 @@ def _find_checkpoint_in_dir(dir_path: Union[str, Path]) -> Optional[str]:
     logging.warning('No standard checkpoint name found in %s; using %s out of %s',
                     dir_path, candidates[0].name, [p.name for p in candidates])
     return str(candidates[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading without initialisation (meta device)
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """While active, parameters move to the meta device as they are registered; buffers stay real.
+
+    Constructors then compute their buffers (masks, index tables, rotary bands) for real while the
+    parameter initialisers run on meta tensors and cost nothing.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
+        original(module, name, param)
+        if param is not None and not param.is_meta:
+            module._parameters[name] = nn.Parameter(param.data.to('meta'), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _is_own_causal_mask(module: nn.Module, name: str, tensor: torch.Tensor) -> bool:
+    # Only our own towers are known to hold a causal [n, n] `attn_mask` (timm's Swin masks differ).
+    return (name == 'attn_mask' and type(module).__module__.startswith('open_clip.')
+            and tensor.ndim == 2 and tensor.shape[0] == tensor.shape[1])
+
+
+def _materialize_meta_buffers(model: nn.Module, build: Callable[[], nn.Module]) -> None:
+    """Recreate tensors left on the meta device after loading: non-persistent buffers and plain
+    tensor attributes. Causal masks of our towers are rebuilt directly; anything else is taken
+    from a reference build whose parameters stay on meta (cheap; global RNG state untouched)."""
+    reference = None
+    for mod_name, module in model.named_modules():
+        meta_buffers = [n for n, b in module._buffers.items() if b is not None and b.is_meta]
+        meta_attrs = [n for n, v in vars(module).items()
+                      if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.is_meta]
+        for name in meta_buffers:
+            buf = module._buffers[name]
+            if _is_own_causal_mask(module, name, buf):
+                module._buffers[name] = torch.full(tuple(buf.shape), float('-inf')).triu_(1).to(buf.dtype)
+                continue
+            if reference is None:
+                reference = _reference_build(build)
+            module._buffers[name] = reference.get_submodule(mod_name)._buffers[name].to(buf.dtype)
+        for name in meta_attrs:
+            if reference is None:
+                reference = _reference_build(build)
+            setattr(module, name, getattr(reference.get_submodule(mod_name), name))
+
+
+def _reference_build(build: Callable[[], nn.Module]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]), _parameters_on_meta():
+        return build()
+
+
+def load_into_meta_model(
+        build: Callable[[], nn.Module],
+        checkpoint_path: Union[str, Path],
+        prepare: Callable[[nn.Module], None],
+        device: Union[str, torch.device] = 'cpu',
+        weights_only: bool = True,
+        model_name: Optional[str] = None,
+) -> Optional[nn.Module]:
+    """Build `build()` on the meta device, assign a checkpoint into it, then place and cast it.
+
+    `prepare(model)` applies the precision rules to the meta model; the dtypes it leaves are
+    recorded and the loaded tensors are cast to them, which gives the same values as copying the
+    checkpoint into already-cast parameters (3.3's order). Returns None when the model cannot be
+    constructed on the meta device (the caller then builds it normally).
+    """
+    try:
+        with torch.device('meta'):
+            model = build()
+    except Exception as e:  # e.g. a foreign constructor that reads tensor values
+        logging.info('Could not build on the meta device (%s: %s); initialising normally.', type(e).__name__, e)
+        return None
+    prepare(model)
+    target_dtypes = {n: t.dtype for n, t in list(model.named_parameters()) + list(model.named_buffers())}
+    load_checkpoint(model, checkpoint_path, strict=True, weights_only=weights_only, device='cpu',
+                    assign=True, model_name=model_name)
+    _materialize_meta_buffers(model, build)
+    for module_name, module in model.named_modules():
+        prefix = f'{module_name}.' if module_name else ''
+        for name, param in module._parameters.items():
+            if param is not None:
+                param.data = param.data.to(device=device, dtype=target_dtypes[prefix + name])
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                module._buffers[name] = buf.to(device=device, dtype=target_dtypes[prefix + name])
+    return model

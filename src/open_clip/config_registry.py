@@ -16,7 +16,7 @@ import logging
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Optional, Union
 
 from .constants import HF_CONFIG_NAME
 
@@ -25,11 +25,11 @@ LOCAL_DIR_PREFIX = 'local-dir:'
 
 REQUIRED_CONFIG_KEYS = ('embed_dim', 'vision_cfg', 'text_cfg')
 
-_MODEL_CONFIG_PATHS: List[Path] = [Path(__file__).parent / 'model_configs/']
-_MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {}
+_MODEL_CONFIG_PATHS: list[Path] = [Path(__file__).parent / 'model_configs/']
+_MODEL_CONFIGS: dict[str, dict[str, Any]] = {}
 # name -> (file, problem) for files that were found but could not be registered; kept so that
 # asking for such a model explains why instead of answering "not found".
-_INVALID_CONFIGS: Dict[str, Tuple[Path, str]] = {}
+_INVALID_CONFIGS: dict[str, tuple[Path, str]] = {}
 
 
 def _natural_key(name: str) -> list:
@@ -37,7 +37,7 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name.lower())]
 
 
-def _read_config_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+def _read_config_file(path: Path) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """Parse one config file; returns (config, None) or (None, problem)."""
     try:
         with open(path, encoding='utf-8') as f:
@@ -52,7 +52,7 @@ def _read_config_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[st
     return cfg, None
 
 
-def _config_files(path: Path) -> List[Path]:
+def _config_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path] if path.suffix == '.json' else []
     if path.is_dir():
@@ -62,7 +62,6 @@ def _config_files(path: Path) -> List[Path]:
 
 def _rescan_model_configs() -> None:
     """Re-read every path of `_MODEL_CONFIG_PATHS` into `_MODEL_CONFIGS` (entries are never removed)."""
-    global _MODEL_CONFIGS
     for base in _MODEL_CONFIG_PATHS:
         for cf in _config_files(Path(base)):
             cfg, problem = _read_config_file(cf)
@@ -72,10 +71,13 @@ def _rescan_model_configs() -> None:
                 continue
             _MODEL_CONFIGS[cf.stem] = cfg
             _INVALID_CONFIGS.pop(cf.stem, None)
-    _MODEL_CONFIGS = {k: v for k, v in sorted(_MODEL_CONFIGS.items(), key=lambda x: _natural_key(x[0]))}
+    # Sorted in place: other modules (e.g. open_clip.factory) hold references to this same dict.
+    ordered = sorted(_MODEL_CONFIGS.items(), key=lambda x: _natural_key(x[0]))
+    _MODEL_CONFIGS.clear()
+    _MODEL_CONFIGS.update(ordered)
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """Names of all registered model configs, in case-insensitive natural order."""
     return list(_MODEL_CONFIGS.keys())
 
@@ -93,7 +95,7 @@ def add_model_config(path: Union[str, Path]) -> None:
     _rescan_model_configs()
 
 
-def parse_model_name(model_name: str) -> Tuple[Optional[str], str]:
+def parse_model_name(model_name: str) -> tuple[Optional[str], str]:
     """Split a model name into (schema, identifier).
 
     `'local-dir:<path>'` -> ('local-dir', path), `'hf-hub:<org/repo>'` -> ('hf-hub', 'org/repo'),
@@ -112,12 +114,12 @@ def parse_model_name(model_name: str) -> Tuple[Optional[str], str]:
     return None, model_name
 
 
-def _model_cfg_of(config: Dict[str, Any]) -> Dict[str, Any]:
+def _model_cfg_of(config: dict[str, Any]) -> dict[str, Any]:
     """`model_cfg` of an `open_clip_config.json`, or the whole dict if it has no such key."""
     return config.get('model_cfg', config)
 
 
-def _get_hf_config(model_id: str, cache_dir: Optional[str] = None) -> Dict[str, Any]:
+def _get_hf_config(model_id: str, cache_dir: Optional[str] = None) -> dict[str, Any]:
     """Download and parse a Hub repo's `open_clip_config.json`."""
     from .pretrained import download_pretrained_from_hf
 
@@ -126,7 +128,7 @@ def _get_hf_config(model_id: str, cache_dir: Optional[str] = None) -> Dict[str, 
         return json.load(f)
 
 
-def get_model_config(model_name: str) -> Optional[Dict[str, Any]]:
+def get_model_config(model_name: str) -> Optional[dict[str, Any]]:
     """Model config for a registered name (a deep copy), a `local-dir:` folder or an `hf-hub:` repo.
 
     Returns None for an unknown plain name. No '/' -> '-' cleaning happens here (unlike
@@ -146,7 +148,7 @@ def get_model_config(model_name: str) -> Optional[Dict[str, Any]]:
     return None
 
 
-def closest_model_names(model_name: str, n: int = 5) -> List[str]:
+def closest_model_names(model_name: str, n: int = 5) -> list[str]:
     """Registered names most similar to `model_name` (case-insensitive difflib match)."""
     by_lower = {}
     for name in _MODEL_CONFIGS:
