@@ -202,7 +202,8 @@ class AttentionalPooler(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         x = self.ln_k(x)  # (B, L, ctx)
-        q = self.ln_q(self.query)
+        # The query stays fp32 under fp16/bf16 (3.3's dtype table); meet the activations' dtype here.
+        q = self.ln_q(self.query).to(x.dtype)
         out = self.attn(q.unsqueeze(0).expand(batch, -1, -1), x, x, need_weights=False)[0]
         return out  # (B, Q, d)
 
