@@ -38,7 +38,7 @@ def is_master(args, local: bool = False) -> bool:
 
 def is_device_available(device: str) -> tuple[bool, bool]:
     """Return ``(is_available, is_known)`` for a device type string."""
-    device_type = torch.device(device).type
+    device_type = device.split(":", 1)[0]  # not torch.device(): unknown types must not raise here
     if device_type == "cuda":
         return torch.cuda.is_available(), True
     if device_type == "npu":

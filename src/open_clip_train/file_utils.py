@@ -16,7 +16,7 @@ def remote_sync_s3(local_dir: str, remote_dir: str) -> bool:
     try:
         result = subprocess.run(
             ["aws", "s3", "sync", local_dir, remote_dir, "--exclude", "*epoch_latest.pt"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            capture_output=True)
     except FileNotFoundError:
         logging.error("--remote-sync-protocol s3 needs the `aws` command line tool on PATH; it was not found. "
                       "Install the AWS CLI or use --remote-sync-protocol fsspec.")

@@ -18,11 +18,17 @@ def setup_logging(log_file: str | None, level: int, include_host: bool = False) 
     root = logging.getLogger()
     root.setLevel(level)
     for name in list(logging.root.manager.loggerDict):
-        logging.getLogger(name).setLevel(level)
+        # torch's own loggers (dynamo, inductor) keep their levels: at INFO they flood the run log.
+        if not name.startswith("torch"):
+            logging.getLogger(name).setLevel(level)
     # Handlers from an earlier in-process run (tests call main() repeatedly) would duplicate lines
     # or keep writing into a previous run's out.log.
     for handler in list(root.handlers):
-        if getattr(handler, "_open_clip_train", False):
+        # Also drop the implicit basicConfig console handler that a module-level logging call made
+        # before setup; it would print every line twice.
+        implicit = type(handler) is logging.StreamHandler and getattr(
+            handler.formatter, "_fmt", None) == logging.BASIC_FORMAT
+        if getattr(handler, "_open_clip_train", False) or implicit:
             root.removeHandler(handler)
             handler.close()
 

@@ -23,9 +23,7 @@ def get_autocast(precision: str, device_type: str = "cuda") -> Callable[[], cont
 
 
 def get_input_dtype(precision: str) -> torch.dtype | None:
-    """Dtype images are cast to before the forward pass (None = leave as is)."""
-    if precision in ("bf16", "pure_bf16"):
-        return torch.bfloat16
-    if precision in ("fp16", "pure_fp16"):
-        return torch.float16
-    return None
+    """Dtype images are cast to before the forward pass (None = leave as is); the library's mapping."""
+    from open_clip.model import get_input_dtype as _get_input_dtype
+
+    return _get_input_dtype(precision)
