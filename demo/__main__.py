@@ -20,14 +20,14 @@ from .dataset import write_split
 from .scenes import COLOURS, render, sample_scene
 
 MODEL_NAME = "demo-clip-tiny"
-IMAGE_SIZE = 48
+IMAGE_SIZE = 40
 MODEL_CFG = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+    "embed_dim": 96,
+    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 3, "width": 96, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 3},
 }
-FULL = {"train_samples": 48_000, "epochs": 6, "batch_size": 128, "lr": 2e-3, "warmup": 100, "eval_images": 300}
-QUICK = {"train_samples": 3_072, "epochs": 2, "batch_size": 128, "lr": 2e-3, "warmup": 10, "eval_images": 100}
+FULL = {"train_samples": 24_000, "epochs": 5, "batch_size": 128, "lr": 2e-3, "warmup": 100, "eval_images": 300}
+QUICK = {"train_samples": 3_072, "epochs": 2, "batch_size": 128, "lr": 2e-3, "warmup": 10, "eval_images": 60}
 
 
 def _settings() -> dict:

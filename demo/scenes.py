@@ -96,7 +96,7 @@ def _jitter_colour(rng: np.random.Generator, rgb: tuple[int, int, int]) -> tuple
 
 def _positions(rng: np.random.Generator, scene: Scene, size: int) -> list[tuple[float, float, float]]:
     """Centres and radii that respect the scene's count/relation and keep shapes apart."""
-    small, large = size * 0.12, size * 0.22
+    small, large = size * 0.15, size * 0.26
     if scene.kind == "single":
         r = large if scene.things[0].size == "large" else small
         lo, hi = r + 1, size - r - 1
