@@ -22,6 +22,6 @@ def test_quick_demo_trains_reports_and_reloads(tmp_path):
         assert (out / figure).stat().st_size > 0
         assert figure in report
     metrics = json.loads((out / "metrics.json").read_text())
-    colour = max(metrics["zero_shot"]["colour/seen"], metrics["zero_shot"]["colour/held_out"])
-    assert colour >= 1.5 * 0.2, metrics
+    # colour on colour-shape pairs never seen in training; chance is 1/5
+    assert metrics["zero_shot"]["colour/held_out"] >= 1.5 * 0.2, metrics
     assert "classified an unseen-combination image" in run.stdout
