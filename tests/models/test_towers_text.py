@@ -57,6 +57,7 @@ def transformer_input_lengths(model: TextTransformer, text: torch.Tensor) -> lis
 )
 def test_early_stop_equals_full_encoding(kwargs, seed):
     model = make_tower(**kwargs)
+    model.early_stop_buckets = 1  # trim only (automatic groups: tests/models/test_early_stop_buckets.py)
     text = random_batch(seed, eos_id=kwargs.get("eos_id"))
     lengths, fast = transformer_input_lengths(model, text)
     model.early_stop = False

@@ -22,6 +22,7 @@ from torch import nn
 
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
 from .modified_resnet import ModifiedResNet
+from .text_early_stop import encode_pooled_text_in_buckets
 from .text_transformer import TextTransformer, lock_text_tower, text_global_pool, trim_text_for_pooling
 from .vision_transformer import VisionTransformer
 
@@ -464,22 +465,36 @@ class CLIP(_TwoTowerModel):
             return x @ self.text_projection
         return self.text_projection(x)
 
-    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Text embeddings (B, embed_dim) of token ids (B, context_length); L2-normalised if `normalize`."""
-        attn_mask = self.attn_mask
-        early_stop = self.text_early_stop and not torch.jit.is_tracing()
-        if early_stop and attn_mask is not None and text.shape[1] == attn_mask.shape[0]:
-            # Causal tower: positions after the pooled token cannot affect it, so skip them.
-            text = trim_text_for_pooling(text, self.text_pool_type, self.text_eos_id, causal=True)
-            attn_mask = attn_mask[:text.shape[1], :text.shape[1]]
+    def _encode_text_group(self, text: torch.Tensor) -> torch.Tensor:
         n = text.shape[1]
+        attn_mask = self.attn_mask
+        if attn_mask is not None:
+            attn_mask = attn_mask[:n, :n]
         cast_dtype = self.transformer.get_cast_dtype()
         x = self.token_embedding(text).to(cast_dtype)  # (B, n, W)
         x = x + self.positional_embedding[:n].to(cast_dtype)
         x = self.transformer(x, attn_mask=attn_mask)
         x = self.ln_final(x)
         x = text_global_pool(x, text, self.text_pool_type, eos_token_id=self.text_eos_id)
-        x = self._project_text(x)
+        return self._project_text(x)
+
+    @torch.jit.unused
+    def _encode_text_buckets(self, text: torch.Tensor) -> torch.Tensor:
+        return encode_pooled_text_in_buckets(
+            text, self._encode_text_group, self.text_pool_type, self.text_eos_id, width=self.transformer.width
+        )
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Text embeddings (B, embed_dim) of token ids (B, context_length); L2-normalised if `normalize`."""
+        # Causal tower: positions after each row's pooled token cannot affect it, so they are skipped
+        # (rows grouped by length, results in input order); exact, and off with `text_early_stop = False`.
+        early_stop = self.text_early_stop and self.attn_mask is not None and not torch.jit.is_tracing()
+        if early_stop and not torch.jit.is_scripting():
+            x = self._encode_text_buckets(text)
+        else:
+            if early_stop:
+                text = trim_text_for_pooling(text, self.text_pool_type, self.text_eos_id, causal=True)
+            x = self._encode_text_group(text)
         return F.normalize(x, dim=-1) if normalize else x
 
     def _text_intermediates(self, text: torch.Tensor, indices, stop_early: bool, normalize_intermediates: bool,

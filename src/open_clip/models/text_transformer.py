@@ -1,14 +1,13 @@
 """The native text transformer tower (``TextTransformer``), its pooling helper
 ``text_global_pool``, ``lock_text_tower`` and the exact early-stop helpers.
 
-Early stop (beyond 3.3): in a causal tower the output at position j depends only on positions
-<= j, so when the pooled position of every row is known from the tokens (``argmax`` / ``eos``
-pooling) the positions after the largest pooled position can't change the result and are not
-computed. It is exact and on by default where it applies; ``tower.early_stop = False`` turns it
-off. ``tower.early_stop_buckets = k`` (k > 1, eager mode only) additionally sorts the rows by pooled
-position and encodes k length buckets separately, each trimmed to its own longest row (rows are
-independent, so this is exact too), restoring the input order. ``trim_text_for_pooling`` exposes
-the same rule for ``CLIP.encode_text``.
+Early stop (beyond 3.3, helpers in ``text_early_stop``): in a causal tower the output at
+position j depends only on positions <= j, so when the pooled position of every row is known from
+the tokens (``argmax`` / ``eos`` pooling) later positions are not computed. In eager mode the rows
+are also grouped by length automatically (each group trimmed to its own longest row, input order
+restored); scripted / traced towers trim the whole batch only. Exact and on by default where it
+applies; ``tower.early_stop = False`` turns it off, ``tower.early_stop_buckets`` picks the grouping
+(0 = automatic, 1 = trim only, k > 1 = k equal-count groups).
 """
 
 from typing import Optional, Union
@@ -18,28 +17,22 @@ from torch import nn
 
 from .attention import Transformer, build_causal_mask
 from .layers import LayerNorm
+from .text_early_stop import (
+    encode_pooled_text_in_buckets,
+    text_pool_positions,
+    trim_text_for_pooling,
+)
 
 __all__ = [
     "TextTransformer",
     "text_global_pool",
     "text_pool_positions",
     "trim_text_for_pooling",
+    "encode_pooled_text_in_buckets",
     "lock_text_tower",
 ]
 
 _POOL_TYPES = ("first", "last", "argmax", "eos", "none")
-
-
-def text_pool_positions(
-    text: torch.Tensor, pool_type: str = "argmax", eos_token_id: Optional[int] = None
-) -> Optional[torch.Tensor]:
-    """Per-row position [B] that ``text_global_pool`` reads for token-dependent pool types
-    (``argmax``: first largest id; ``eos``: first ``eos_token_id``, 0 if absent), else None."""
-    if pool_type == "argmax":
-        return text.argmax(dim=-1)
-    if pool_type == "eos" and eos_token_id is not None:
-        return (text == eos_token_id).int().argmax(dim=-1)
-    return None
 
 
 def text_global_pool(
@@ -65,31 +58,15 @@ def text_global_pool(
     return x
 
 
-def trim_text_for_pooling(
-    text: torch.Tensor, pool_type: str, eos_token_id: Optional[int] = None, causal: bool = True
-) -> torch.Tensor:
-    """Return the shortest prefix of ``text`` [B, L] whose causal encoding pools exactly like the
-    full sequence: ``text[:, :max(pool position) + 1]``. Returns ``text`` itself when not exact
-    (non-causal attention, pool types that don't depend on the tokens) or while tracing (a traced
-    graph must not bake in one batch's length)."""
-    if not causal or torch.jit.is_tracing() or text.shape[0] == 0:
-        return text
-    positions = text_pool_positions(text, pool_type, eos_token_id)
-    if positions is None:
-        return text
-    length = int(positions.max().item()) + 1
-    if length >= text.shape[1]:
-        return text
-    return text[:, :length]
-
-
 class TextTransformer(nn.Module):
     """Text tower: token + position embeddings, (causal) transformer, ``ln_final``, pooling and
     projection, with 3.3's parameter layout and seeded initialisation.
 
     Returns pooled [B, output_dim] (or ``(pooled, tokens)`` with ``output_tokens``).
-    Attribute ``early_stop`` (default True) enables the exact early-stop trimming;
-    ``early_stop_buckets`` (default 1) > 1 also encodes length-sorted buckets separately.
+    Attribute ``early_stop`` (default True) enables the exact early stop; ``early_stop_buckets``
+    (0 = automatic length groups, default; 1 = trim only; k > 1 = k groups) picks the grouping and
+    ``early_stop_group_cost`` the automatic planner's per-group cost in token-equivalents (None:
+    the device default).
     """
 
     output_tokens: torch.jit.Final[bool]
@@ -138,7 +115,8 @@ class TextTransformer(nn.Module):
         self.use_pad_mask = use_pad_mask and no_causal_mask
         self.correct_cls_mask = correct_cls_mask
         self.early_stop = True
-        self.early_stop_buckets = 1
+        self.early_stop_buckets = 0  # 0: automatic length groups (eager); 1: trim only
+        self.early_stop_group_cost: Optional[float] = None  # None: device default (text_early_stop)
 
         # creation order = RNG consumption order of 3.3 (spec 02 §6.1, §12)
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -280,32 +258,27 @@ class TextTransformer(nn.Module):
             return self.text_projection(pooled)  # nn.Linear (proj_bias=True)
         return pooled
 
+    def _encode_pooled(self, text: torch.Tensor) -> torch.Tensor:
+        x, attn_mask = self._embeds(text)
+        pooled, _ = self._pool_and_project(self.transformer(x, attn_mask=attn_mask), text)
+        return pooled
+
     @torch.jit.unused
     def _forward_bucketed(self, text: torch.Tensor) -> torch.Tensor:
-        """Encode length-sorted buckets separately (each trimmed), then restore the row order."""
-        positions = text_pool_positions(text, self.pool_type, self.eos_id)
-        assert positions is not None
-        out = None
-        for idx in torch.argsort(positions).tensor_split(self.early_stop_buckets):
-            if idx.numel() == 0:
-                continue
-            sub = trim_text_for_pooling(text[idx], self.pool_type, self.eos_id, causal=True)
-            x, attn_mask = self._embeds(sub)
-            pooled, _ = self._pool_and_project(self.transformer(x, attn_mask=attn_mask), sub)
-            if out is None:
-                out = pooled.new_empty((text.shape[0],) + tuple(pooled.shape[1:]))
-            out[idx] = pooled
-        assert out is not None
-        return out
+        """Encode length groups separately (each trimmed), then restore the row order."""
+        return encode_pooled_text_in_buckets(
+            text,
+            self._encode_pooled,
+            self.pool_type,
+            self.eos_id,
+            max_groups=self.early_stop_buckets,
+            width=self.width,
+            group_cost=self.early_stop_group_cost,
+        )
 
     def forward(self, text: torch.Tensor):
         if self._can_early_stop():
-            if (
-                not torch.jit.is_scripting()
-                and self.early_stop_buckets > 1
-                and not torch.jit.is_tracing()
-                and text.shape[0] > 1
-            ):
+            if not torch.jit.is_scripting() and not torch.jit.is_tracing() and self.early_stop_buckets != 1:
                 return self._forward_bucketed(text)
             text = trim_text_for_pooling(text, self.pool_type, self.eos_id, causal=True)
         x, attn_mask = self._embeds(text)
