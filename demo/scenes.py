@@ -26,6 +26,7 @@ RELATIONS = ("to the left of", "to the right of", "above", "below")
 # Held out of training everywhere; each colour and each shape still appears in other pairs.
 HELD_OUT_PAIRS = frozenset({("red", "triangle"), ("green", "circle"), ("blue", "diamond"), ("yellow", "square")})
 SCENE_KINDS = ("single", "count", "relation")
+SCENE_KIND_WEIGHTS = (1 / 3, 1 / 3, 1 / 3)
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
 
 
@@ -59,7 +60,7 @@ def all_pairs(held_out: bool) -> list[tuple[str, str]]:
 
 def sample_scene(rng: np.random.Generator, held_out: bool, kind: str | None = None) -> Scene:
     """A random scene whose (colour, shape) pairs are all seen (held_out=False) or include a held-out one."""
-    kind = kind or SCENE_KINDS[rng.integers(len(SCENE_KINDS))]
+    kind = kind or SCENE_KINDS[rng.choice(len(SCENE_KINDS), p=SCENE_KIND_WEIGHTS)]
     pairs = all_pairs(held_out)
     first = pairs[rng.integers(len(pairs))]
     if kind == "single":
