@@ -175,13 +175,17 @@ def run(args=None):
 
     def checkpoint(epoch: int, batch_in_epoch: int, completed_epoch: int | None = None):
         rngs = all_gather_object(args, _rng()) if args.distributed else None
+        data_state = _loader_state(data["train"]) if batch_in_epoch else None
+        if batch_in_epoch and args.distributed:
+            # WebDataset positions differ per rank and worker: keep every rank's (the loader picks its own).
+            data_state = all_gather_object(args, data_state)
         if not args.save_logs:
             return
         ckpt = build_checkpoint(
             model=original_model, optimizer=optimizer, scaler=scaler, name=args.name,
             epoch=epoch if completed_epoch is None else completed_epoch, global_step=state.global_step,
             batch_in_epoch=batch_in_epoch, epoch_start_rng=state.epoch_start_rng if batch_in_epoch else None,
-            data_state=_loader_state(data["train"]) if batch_in_epoch else None, rng_per_rank=rngs)
+            data_state=data_state, rng_per_rank=rngs)
         if completed_epoch is None:
             save_step_checkpoint(ckpt, policy)
         else:
@@ -200,6 +204,7 @@ def run(args=None):
         except _data_errors() as e:
             raise TrainingError(f"--train-data: {e} (epoch {epoch}); saved checkpoints are intact.") from e
         completed_epoch = epoch + 1
+        _log_bad_samples(data["train"], completed_epoch, args, writer)
         if any(v in data for v in ("val", "imagenet-val", "imagenet-v2")):
             evaluate(model, data, completed_epoch, args, tb_writer=writer, tokenizer=tokenizer)
             barrier(args)
@@ -208,6 +213,19 @@ def run(args=None):
 
     _finish(args, sync_process)
     return None
+
+
+def _log_bad_samples(data_info, epoch: int, args, writer) -> None:
+    """Per-kind counts of the training samples the loader skipped this epoch (corrupt images, ...)."""
+    counts = data_info.bad_sample_counts() if hasattr(data_info, "bad_sample_counts") else {}
+    counts = {kind: n for kind, n in counts.items() if n}
+    if not counts or not is_master(args):
+        return
+    logging.warning(f"Epoch {epoch}: skipped bad training samples: "
+                    + ", ".join(f"{kind}={n}" for kind, n in sorted(counts.items())))
+    if writer is not None:
+        for kind, n in counts.items():
+            writer.add_scalar(f"train/bad_samples/{kind}", n, epoch)
 
 
 def _data_errors() -> tuple:

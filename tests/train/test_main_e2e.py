@@ -349,3 +349,19 @@ def test_webdataset_without_num_samples_is_config_error(tmp_path, tiny_model, wd
     assert os.listdir(tmp_path / "logs" / "wds") == ["out.log"]
     error = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1]
     assert "--train-data" in error and "number of dataset samples" in error
+
+
+def test_bad_samples_are_skipped_and_logged_per_epoch(tmp_path, tiny_model, csv_data):
+    """A corrupt image and a missing one are skipped, and the epoch log names both kinds with counts."""
+    rows = (csv_data / "train.csv").read_text().splitlines()[:23]  # header + 22 good: 24 rows fill 6 batches
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    rows += [f"{broken}\ta broken image", f"{tmp_path / 'missing.png'}\ta missing image"]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    args = _base(tmp_path, tiny_model["name"], "bad", "--train-data", str(tmp_path / "train.csv"),
+                 "--dataset-type", "csv", "--epochs", "1")
+    assert main(args) is None
+    log = (tmp_path / "logs" / "bad" / "out.log").read_text()
+    line = next(x for x in log.splitlines() if "skipped bad training samples" in x)
+    counts = dict(part.split("=") for part in line.split(": ")[-1].split(", "))
+    assert counts == {"image_decode_error": "1", "missing_image": "1"}, line
