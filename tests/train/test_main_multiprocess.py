@@ -118,7 +118,7 @@ def test_torchrun_two_processes_match_double_batch(tmp_path, setup):
         env.pop(k, None)
     # torchrun's own parser rejects `--logs` (ambiguous with its --logs-specs), so use the default
     # ./logs/ from the run's working directory instead.
-    args = _args(setup, tmp_path, "two", "--batch-size", "4", *common)
+    args = _args(setup, tmp_path, "two", "--batch-size", "4", "--save-every-n-steps", "2", *common)
     i = args.index("--logs")
     args = args[:i] + args[i + 2:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -131,3 +131,6 @@ def test_torchrun_two_processes_match_double_batch(tmp_path, setup):
     # DDP checkpoints carry `module.` keys (3.3 quirk); values match the single-process run closely
     sd2 = _final(tmp_path / "logs", "two", 2)
     assert all(k.startswith("module.") for k in sd2)
+    # a mid-epoch step checkpoint keeps each rank's own data-loader position
+    step = torch.load(tmp_path / "logs" / "two" / "checkpoints" / "step_2.pt", weights_only=True)
+    assert isinstance(step["data_state"], list) and len(step["data_state"]) == 2
