@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from open_clip.models.clip import CLIP
 from open_clip.models.text_early_stop import (
@@ -15,7 +14,7 @@ from open_clip.models.text_early_stop import (
     plan_text_buckets,
     trim_text_for_pooling,
 )
-from open_clip.models.text_transformer import TextTransformer, text_global_pool
+from open_clip.models.text_transformer import TextTransformer
 
 VOCAB, CTX, EOT, WIDTH = 64, 16, 63, 32
 
@@ -190,39 +189,6 @@ def test_auto_groups_not_used_where_inexact(kwargs):
     assert seen == [(12, CTX)]
 
 
-class BucketedCLIP(CLIP):
-    """CLIP with the encode_text proposed for models/clip.py (kept identical to the report)."""
-
-    def _encode_text_group(self, text: torch.Tensor) -> torch.Tensor:
-        n = text.shape[1]
-        attn_mask = self.attn_mask
-        if attn_mask is not None:
-            attn_mask = attn_mask[:n, :n]
-        cast_dtype = self.transformer.get_cast_dtype()
-        x = self.token_embedding(text).to(cast_dtype)  # (B, n, W)
-        x = x + self.positional_embedding[:n].to(cast_dtype)
-        x = self.transformer(x, attn_mask=attn_mask)
-        x = self.ln_final(x)
-        x = text_global_pool(x, text, self.text_pool_type, eos_token_id=self.text_eos_id)
-        return self._project_text(x)
-
-    @torch.jit.unused
-    def _encode_text_buckets(self, text: torch.Tensor) -> torch.Tensor:
-        return encode_pooled_text_in_buckets(
-            text, self._encode_text_group, self.text_pool_type, self.text_eos_id, width=self.transformer.width
-        )
-
-    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        early_stop = self.text_early_stop and self.attn_mask is not None and not torch.jit.is_tracing()
-        if early_stop and not torch.jit.is_scripting():
-            x = self._encode_text_buckets(text)
-        else:
-            if early_stop:
-                text = trim_text_for_pooling(text, self.text_pool_type, self.text_eos_id, causal=True)
-            x = self._encode_text_group(text)
-        return F.normalize(x, dim=-1) if normalize else x
-
-
 def make_clip(cls, **text_kwargs):
     torch.manual_seed(0)
     text_cfg = dict(context_length=CTX, vocab_size=VOCAB, width=WIDTH, heads=4, layers=2, **text_kwargs)
@@ -232,7 +198,7 @@ def make_clip(cls, **text_kwargs):
 
 @pytest.mark.parametrize("text_kwargs", [{}, dict(pool_type="eos", eos_id=5), dict(proj_bias=True)])
 def test_clip_encode_text_recipe_exact_grad_and_scripted(text_kwargs):
-    model = make_clip(BucketedCLIP, **text_kwargs)
+    model = make_clip(CLIP, **text_kwargs)  # early stop on by default
     reference = make_clip(CLIP, **text_kwargs)
     reference.text_early_stop = False
     reference.load_state_dict(model.state_dict())
