@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _build_vision_tower
+from .clip import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP, _build_text_tower, _build_vision_tower
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
 from .multimodal_transformer import MultimodalTransformer
 
@@ -191,43 +191,16 @@ class CoCa(nn.Module):
         output_logit_scale_bias: bool = False,
     ) -> dict[str, Any]:
         """Tower intermediates as ``CustomTextCLIP.forward_intermediates``; logits unsupported."""
-        output: dict[str, Any] = {}
-        if intermediates_only:
-            normalize = False
-            output_logits = False
-        if output_logits:
+        if output_logits and not intermediates_only:
             raise AssertionError("FIXME, needs implementing")
-        if image is not None:
-            image_output = self.visual.forward_intermediates(
-                image,
-                indices=image_indices,
-                stop_early=stop_early,
-                normalize_intermediates=normalize_intermediates,
-                intermediates_only=intermediates_only,
-                output_fmt=image_output_fmt,
-                output_extra_tokens=image_output_extra_tokens,
-            )
-            if normalize and "image_features" in image_output:
-                image_output["image_features"] = F.normalize(image_output["image_features"], dim=-1)
-            output.update(image_output)
-        if text is not None:
-            text_output = self.text.forward_intermediates(
-                text,
-                indices=text_indices,
-                stop_early=stop_early,
-                normalize_intermediates=normalize_intermediates,
-                intermediates_only=intermediates_only,
-                output_fmt=text_output_fmt,
-                output_extra_tokens=text_output_extra_tokens,
-            )
-            if normalize and "text_features" in text_output:
-                text_output["text_features"] = F.normalize(text_output["text_features"], dim=-1)
-            output.update(text_output)
-        if output_logit_scale_bias:
-            output["logit_scale"] = self.logit_scale.exp()
-            if self.logit_bias is not None:
-                output["logit_bias"] = self.logit_bias
-        return output
+        # The two towers are laid out as in CustomTextCLIP (`visual`, `text`), so its assembly applies.
+        return CustomTextCLIP.forward_intermediates(
+            self, image, text, image_indices, text_indices, stop_early, normalize, normalize_intermediates,
+            intermediates_only, image_output_fmt, image_output_extra_tokens, text_output_fmt,
+            text_output_extra_tokens, False, output_logit_scale_bias,
+        )
+
+    _text_intermediates = CustomTextCLIP._text_intermediates
 
     # ---- captioning ---------------------------------------------------------------------------
 
