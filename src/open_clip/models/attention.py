@@ -24,6 +24,7 @@ from .layers import LayerNorm, LayerNormFp32, LayerScale
 
 __all__ = [
     "build_causal_mask",
+    "has_hooks",
     "multihead_attention",
     "Attention",
     "AttentionalPooler",
@@ -88,6 +89,44 @@ def multihead_attention(
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     out = out.transpose(1, 2).reshape(batch, len_q, width)  # (B, L, C)
     return F.linear(out, out_proj_weight, out_proj_bias)
+
+
+def _attend_selected(
+    q_x: torch.Tensor,
+    kv_x: torch.Tensor,
+    in_proj_weight: torch.Tensor,
+    in_proj_bias: Optional[torch.Tensor],
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: Optional[torch.Tensor],
+    num_heads: int,
+    attn_mask: Optional[torch.Tensor],
+    dropout_p: float,
+) -> torch.Tensor:
+    """Self-attention of a few query tokens ``q_x`` (B, Lq, C) of a sequence ``kv_x`` (B, L, C),
+    with packed weights: one projection for the queries, one fused projection for keys and values.
+    ``attn_mask``: additive, broadcastable to (B, H, Lq, L), or None. Returns (B, Lq, C)."""
+    batch, len_q, width = q_x.shape
+    length = kv_x.shape[1]
+    head_dim = width // num_heads
+    q_bias: Optional[torch.Tensor] = None
+    kv_bias: Optional[torch.Tensor] = None
+    if in_proj_bias is not None:
+        q_bias, kv_bias = in_proj_bias[:width], in_proj_bias[width:]
+    q = F.linear(q_x, in_proj_weight[:width], q_bias).view(batch, len_q, num_heads, head_dim).transpose(1, 2)
+    kv = F.linear(kv_x, in_proj_weight[width:], kv_bias)
+    k, v = kv.view(batch, length, 2, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    out = out.transpose(1, 2).reshape(batch, len_q, width)
+    return F.linear(out, out_proj_weight, out_proj_bias)
+
+
+def has_hooks(module: nn.Module, recurse: bool = True) -> bool:
+    """Whether ``module`` (and, with ``recurse``, any submodule) has forward or backward hooks:
+    shortcuts that skip or reshape a module's call must not change what its hooks observe."""
+    modules = module.modules() if recurse else (module,)
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
+    )
 
 
 class Attention(nn.Module):
@@ -280,6 +319,35 @@ class ResidualAttentionBlock(nn.Module):
         )
         return out if batch_first else out.transpose(0, 1)
 
+    def forward_at(
+        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``forward(x)`` at one position per row only: (B, 1, C), row b taken at ``positions[b]``.
+
+        Every position still provides keys and values, but only the selected queries go through
+        attention, ``out_proj`` and the MLP. Self-attention, batch-first blocks; ``attn_mask`` None
+        or 2-D (L, L) (its selected rows are used)."""
+        batch, length, width = x.shape
+        rows = torch.arange(batch, device=x.device)
+        h = self.ln_1(x)
+        q_h = h[rows, positions].unsqueeze(1)  # (B, 1, C)
+        mask: Optional[torch.Tensor] = None
+        if attn_mask is not None:
+            mask = attn_mask.to(x.dtype)[positions].view(batch, 1, 1, length)
+        out = _attend_selected(
+            q_h,
+            h,
+            self.attn.in_proj_weight,
+            self.attn.in_proj_bias,
+            self.attn.out_proj.weight,
+            self.attn.out_proj.bias,
+            self.attn.num_heads,
+            mask,
+            self.attn.dropout if self.training else 0.0,
+        )
+        y = x[rows, positions].unsqueeze(1) + self.ls_1(out)
+        return y + self.ls_2(self.mlp(self.ln_2(y)))
+
     def forward(
         self,
         q_x: torch.Tensor,
@@ -430,6 +498,32 @@ class Transformer(nn.Module):
         if not self.batch_first:
             x = x.transpose(0, 1)  # (B, L, D)
         return x
+
+    @torch.jit.unused
+    def forward_at(
+        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``forward(x)[arange(B), positions]`` as (B, 1, C), computing the last block only where it
+        is read: for towers that pool one token per row, the last block's other queries, attention
+        outputs and MLP rows are never used. Falls back to the full stack (then a gather) for custom
+        or cross-attention last blocks, 3-D masks, sequence-first stacks and hooked last blocks."""
+        last = self.resblocks[-1] if len(self.resblocks) else None
+        selective = (
+            isinstance(last, ResidualAttentionBlock)
+            and not hasattr(last, "ln_1_kv")
+            and self.batch_first
+            and last.attn.batch_first
+            and (attn_mask is None or attn_mask.dim() == 2)
+            and not has_hooks(last)
+        )
+        if not selective:
+            x = self.forward(x, attn_mask=attn_mask)
+            return x[torch.arange(x.shape[0], device=x.device), positions].unsqueeze(1)
+        for block in self.resblocks[:-1]:
+            x = self.run_block(block, x, attn_mask=attn_mask)
+        if self.grad_checkpointing:
+            return checkpoint(last.forward_at, x, positions, attn_mask, use_reentrant=False)
+        return last.forward_at(x, positions, attn_mask)
 
     def forward_intermediates(
         self,

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import has_hooks
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
 from .modified_resnet import ModifiedResNet
-from .text_early_stop import encode_pooled_text_in_buckets
+from .text_early_stop import encode_pooled_text_in_buckets, text_pool_positions
 from .text_transformer import TextTransformer, lock_text_tower, text_global_pool, trim_text_for_pooling
 from .vision_transformer import VisionTransformer
 
@@ -404,7 +405,8 @@ class CLIP(_TwoTowerModel):
     Args mirror the model-config JSON: `embed_dim`, `vision_cfg`, `text_cfg`, `quick_gelu`,
     `init_logit_scale`, `init_logit_bias` (creates `logit_bias`), `nonscalar_logit_scale` (shape [1]
     instead of []), `cast_dtype` (LayerNormFp32 for fp16/bf16) and `output_dict`.
-    Set `text_early_stop = False` to run the text transformer over all positions.
+    Set `text_early_stop = False` to run the text transformer over all positions (`visual.last_block_pooled_only`
+    is the image tower's counterpart).
     """
     output_dict: torch.jit.Final[bool]
 
@@ -465,13 +467,15 @@ class CLIP(_TwoTowerModel):
             return x @ self.text_projection
         return self.text_projection(x)
 
-    def _encode_text_group(self, text: torch.Tensor) -> torch.Tensor:
+    def _encode_text_group(self, text: torch.Tensor, embedded: Optional[torch.Tensor] = None) -> torch.Tensor:
         n = text.shape[1]
         attn_mask = self.attn_mask
         if attn_mask is not None:
             attn_mask = attn_mask[:n, :n]
         cast_dtype = self.transformer.get_cast_dtype()
-        x = self.token_embedding(text).to(cast_dtype)  # (B, n, W)
+        if embedded is None:
+            embedded = self.token_embedding(text)
+        x = embedded.to(cast_dtype)  # (B, n, W)
         x = x + self.positional_embedding[:n].to(cast_dtype)
         x = self.transformer(x, attn_mask=attn_mask)
         x = self.ln_final(x)
@@ -479,15 +483,36 @@ class CLIP(_TwoTowerModel):
         return self._project_text(x)
 
     @torch.jit.unused
+    def _encode_text_group_pooled_only(self, text: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        # Like _encode_text_group, but the last block runs at each row's pooled position only.
+        positions = text_pool_positions(text, self.text_pool_type, self.text_eos_id)
+        if positions is None or has_hooks(self.transformer, recurse=False):
+            return self._encode_text_group(text, embedded)
+        n = text.shape[1]
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = embedded.to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)
+        attn_mask = self.attn_mask[:n, :n] if self.attn_mask is not None else None
+        x = self.transformer.forward_at(x, positions, attn_mask)[:, 0]
+        return self._project_text(self.ln_final(x))
+
+    @torch.jit.unused
     def _encode_text_buckets(self, text: torch.Tensor) -> torch.Tensor:
+        # one embedding lookup for the whole batch: one embedding gradient in training, not one per group
+        text = trim_text_for_pooling(text, self.text_pool_type, self.text_eos_id, causal=True)
         return encode_pooled_text_in_buckets(
-            text, self._encode_text_group, self.text_pool_type, self.text_eos_id, width=self.transformer.width
+            text,
+            self._encode_text_group_pooled_only,
+            self.text_pool_type,
+            self.text_eos_id,
+            width=self.transformer.width,
+            token_features=self.token_embedding(text),
         )
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Text embeddings (B, embed_dim) of token ids (B, context_length); L2-normalised if `normalize`."""
         # Causal tower: positions after each row's pooled token cannot affect it, so they are skipped
-        # (rows grouped by length, results in input order); exact, and off with `text_early_stop = False`.
+        # (rows grouped by length, results in input order), and the last block runs at the pooled
+        # token only; exact, and off with `text_early_stop = False`.
         early_stop = self.text_early_stop and self.attn_mask is not None and not torch.jit.is_tracing()
         if early_stop and not torch.jit.is_scripting():
             x = self._encode_text_buckets(text)

@@ -123,20 +123,31 @@ def encode_pooled_text_in_buckets(
     max_groups: int = 0,
     width: int = 512,
     group_cost: Optional[float] = None,
+    token_features: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Encode ``text`` [B, L] with a causal, position-pooled tower, computing each row only up to
     its pooled position; the result equals ``encode_group(text)`` (to float rounding).
 
     ``encode_group(tokens)`` must encode and pool any row subset / prefix of ``text`` (it receives
-    ``[n, L_g]`` with ``L_g <= L``) and return [n, ...]. ``max_groups``: 0 = automatic grouping
+    ``[n, L_g]`` with ``L_g <= L``) and return [n, ...]. With ``token_features`` [B, L, ...] (e.g.
+    the token embeddings, computed once for the whole batch so that training backpropagates one
+    embedding gradient rather than one per group) it is called as ``encode_group(tokens, features)``
+    with the same rows / prefix of ``token_features``. ``max_groups``: 0 = automatic grouping
     (``plan_text_buckets`` with ``width`` / ``group_cost``; None = ``DEFAULT_GROUP_COST`` on CPU,
     ``DEFAULT_GROUP_COST_ACCELERATOR`` elsewhere), 1 = trim the whole batch only,
     k > 1 = k equal-count groups. Groups run in ascending length; results are returned in the
     input row order (gradients flow through the gather). Pool types that don't depend on the
     tokens are encoded at full length. Eager only (uses a Python callable)."""
+    def encode(rows: Optional[torch.Tensor], length: int) -> torch.Tensor:
+        tokens = text[:, :length] if rows is None else text[rows, :length]
+        if token_features is None:
+            return encode_group(tokens)
+        features = token_features[:, :length] if rows is None else token_features[rows, :length]
+        return encode_group(tokens, features)
+
     positions = text_pool_positions(text, pool_type, eos_token_id)
     if positions is None or text.shape[0] <= 1 or max_groups == 1 or torch.jit.is_tracing():
-        return encode_group(trim_text_for_pooling(text, pool_type, eos_token_id))
+        return encode(None, trim_text_for_pooling(text, pool_type, eos_token_id).shape[1])
     lengths, order = torch.sort(positions + 1, stable=True)
     if max_groups > 1:
         groups, end = [], 0
@@ -149,12 +160,11 @@ def encode_pooled_text_in_buckets(
             group_cost = DEFAULT_GROUP_COST if text.device.type == "cpu" else DEFAULT_GROUP_COST_ACCELERATOR
         groups = plan_text_buckets(lengths.tolist(), width, group_cost)
     if len(groups) == 1:  # one group: no reordering needed
-        return encode_group(trim_text_for_pooling(text, pool_type, eos_token_id))
+        return encode(None, min(groups[0][1], text.shape[1]))
     outputs = []
     start = 0
     for end, length in groups:
-        rows = order[start:end]
-        outputs.append(encode_group(text[rows, : min(length, text.shape[1])]))
+        outputs.append(encode(order[start:end], min(length, text.shape[1])))
         start = end
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .attention import Transformer, build_causal_mask
+from .attention import Transformer, build_causal_mask, has_hooks
 from .layers import LayerNorm
 from .text_early_stop import (
     encode_pooled_text_in_buckets,
@@ -258,14 +258,25 @@ class TextTransformer(nn.Module):
             return self.text_projection(pooled)  # nn.Linear (proj_bias=True)
         return pooled
 
-    def _encode_pooled(self, text: torch.Tensor) -> torch.Tensor:
-        x, attn_mask = self._embeds(text)
-        pooled, _ = self._pool_and_project(self.transformer(x, attn_mask=attn_mask), text)
-        return pooled
+    @torch.jit.unused
+    def _encode_pooled(self, text: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """Pooled features of an early-stop group (``_can_early_stop``: causal mask, no CLS, no pad
+        mask) from its token embeddings; the last block runs at each row's pooled position only."""
+        n = text.shape[1]
+        cast_dtype = self.transformer.get_cast_dtype()
+        x = embedded.to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)
+        attn_mask = self.attn_mask[:n, :n] if self.attn_mask is not None else None
+        positions = text_pool_positions(text, self.pool_type, self.eos_id)
+        if positions is None or has_hooks(self.transformer, recurse=False):
+            pooled, _ = self._pool_and_project(self.transformer(x, attn_mask=attn_mask), text)
+            return pooled
+        x = self.transformer.forward_at(x, positions, attn_mask)[:, 0]
+        return self._project(self.ln_final(x))
 
     @torch.jit.unused
     def _forward_bucketed(self, text: torch.Tensor) -> torch.Tensor:
         """Encode length groups separately (each trimmed), then restore the row order."""
+        text = trim_text_for_pooling(text, self.pool_type, self.eos_id, causal=True)
         return encode_pooled_text_in_buckets(
             text,
             self._encode_pooled,
@@ -274,6 +285,7 @@ class TextTransformer(nn.Module):
             max_groups=self.early_stop_buckets,
             width=self.width,
             group_cost=self.early_stop_group_cost,
+            token_features=self.token_embedding(text),
         )
 
     def forward(self, text: torch.Tensor):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..utils import to_2tuple
-from .attention import AttentionalPooler, Transformer
+from .attention import AttentionalPooler, Transformer, has_hooks
 from .layers import LayerNorm, PatchDropout
 from .pos_embed import get_2d_sincos_pos_embed
 
@@ -23,6 +23,9 @@ class VisionTransformer(nn.Module):
     ``positional_embedding``, ``ln_pre``, ``transformer``, ``ln_post``, ``proj``).
 
     Returns ``pooled`` [B, output_dim] (or ``(pooled, tokens)`` with ``output_tokens``).
+    When only the class token is pooled (``pool_type='tok'``, no attentional pooler, no
+    ``output_tokens``) the last block runs for that token alone (exact: no other output of the
+    last block is read); ``last_block_pooled_only = False`` runs it over every token.
     """
 
     output_tokens: torch.jit.Final[bool]
@@ -64,6 +67,7 @@ class VisionTransformer(nn.Module):
         self.grid_size = (image_height // patch_height, image_width // patch_width)
         self.final_ln_after_pool = final_ln_after_pool
         self.output_dim = output_dim
+        self.last_block_pooled_only = True
 
         # creation order = RNG consumption order of 3.3 (spec 02 §12)
         self.conv1 = nn.Conv2d(3, width, kernel_size=self.patch_size, stride=self.patch_size, bias=False)
@@ -209,9 +213,27 @@ class VisionTransformer(nn.Module):
         x = self.patch_dropout(x)
         return self.ln_pre(x)
 
+    @torch.jit.unused
+    def _pools_class_token_only(self) -> bool:
+        return (
+            self.last_block_pooled_only
+            and not self.output_tokens
+            and self.pool_type == "tok"
+            and self.attn_pool is None
+            and not has_hooks(self.transformer, recurse=False)
+        )
+
+    @torch.jit.unused
+    def _transformer_class_token(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.transformer.forward_at(x, positions)  # (B, 1, W): the class token
+
     def forward(self, x: torch.Tensor):
         x = self._embed(x)
-        x = self.transformer(x)
+        if not torch.jit.is_scripting() and self._pools_class_token_only():
+            x = self._transformer_class_token(x)
+        else:
+            x = self.transformer(x)
         pooled, tokens = self._pool(x)
         if self.proj is not None:
             pooled = pooled @ self.proj
