@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 from datetime import datetime
 
 from .distributed import broadcast_object, is_master
@@ -42,6 +43,8 @@ def log_file_path(args, log_base_path: str) -> str | None:
 
 
 def _module_available(name: str) -> bool:
+    if name in sys.modules:  # also honours sys.modules[name] = None, Python's "import blocked" marker
+        return sys.modules[name] is not None
     return importlib.util.find_spec(name) is not None
 
 
@@ -85,9 +88,13 @@ def _check_optional_packages(args) -> None:
                           "use --report-to tensorboard or drop the flag.")
     if ("tensorboard" in report_to or "all" in report_to) and not _module_available("tensorboard"):
         raise ConfigError("--report-to tensorboard: Please install tensorboard (pip install tensorboard).")
-    if args.use_bnb_linear is not None and not _module_available("bitsandbytes"):
-        raise ConfigError(f"--use-bnb-linear {args.use_bnb_linear}: the `bitsandbytes` package is not installed "
-                          "(pip install bitsandbytes); drop the flag.")
+    if args.use_bnb_linear is not None:
+        if not _module_available("bitsandbytes"):
+            raise ConfigError(f"--use-bnb-linear {args.use_bnb_linear}: the `bitsandbytes` package is not installed "
+                              "(pip install 'bitsandbytes<0.50' triton); drop the flag.")
+        if not str(args.device).startswith("cuda"):
+            raise ConfigError(f"--use-bnb-linear {args.use_bnb_linear}: bitsandbytes' SwitchBack layers run Triton "
+                              f"kernels on a CUDA GPU, and this run's device is {args.device}; drop the flag.")
     if args.remote_sync is not None and args.remote_sync_protocol == "s3" and shutil.which("aws") is None:
         raise ConfigError("--remote-sync-protocol s3: the `aws` command line tool is not on PATH; install the "
                           "AWS CLI or use --remote-sync-protocol fsspec.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -70,13 +71,23 @@ def replace_with_bnb_linear(model: torch.nn.Module, class_name: str, device: tor
                           "installed (pip install bitsandbytes).") from e
     from open_clip.utils import replace_linear
 
-    modules = bnb.nn.triton_based_modules
-    if not hasattr(modules, class_name):
+    modules = getattr(bnb.nn, "triton_based_modules", None)
+    if modules is None:  # bitsandbytes 0.50 removed the SwitchBack layers
+        version = getattr(bnb, "__version__", "?")
+        raise ConfigError(f"--use-bnb-linear {class_name}: bitsandbytes {version} no longer has the SwitchBack "
+                          "layers (bitsandbytes.nn.triton_based_modules); pip install 'bitsandbytes<0.50'.")
+    layer = getattr(modules, class_name, None)
+    target = layer.func if isinstance(layer, functools.partial) else layer  # SwitchBackLinearGlobal is a partial
+    if not (isinstance(target, type) and issubclass(target, torch.nn.Linear)):
         raise ConfigError(f"--use-bnb-linear {class_name}: not a bitsandbytes triton module; "
                           "try SwitchBackLinearGlobal or SwitchBackLinearGlobalMemEfficient.")
     logging.info("=> using a layer from bitsandbytes.\n"
                  "   this is an experimental feature which is not yet fully supported.")
-    return replace_linear(model, getattr(modules, class_name)).to(device)
+    try:
+        return replace_linear(model, layer).to(device)
+    except ImportError as e:  # the layers check for triton when built
+        raise ConfigError(f"--use-bnb-linear {class_name}: bitsandbytes could not load triton ({e}); "
+                          "pip install triton.") from e
 
 
 def apply_locks(model: torch.nn.Module, args) -> None:

@@ -216,7 +216,9 @@ def test_lock_text_freezes_text_tower(tmp_path, tiny_model):
     (["--use-bnb-linear", "SwitchBackLinearGlobal"], "--use-bnb-linear"),
     (["--resume", "/nonexistent/epoch_3.pt"], "--resume"),
 ])
-def test_config_errors_leave_only_out_log(tmp_path, tiny_model, extra, flag, caplog):
+def test_config_errors_leave_only_out_log(tmp_path, tiny_model, extra, flag, caplog, monkeypatch):
+    for optional in ("wandb", "bitsandbytes"):  # as if not installed (the dev extra installs wandb)
+        monkeypatch.setitem(sys.modules, optional, None)
     args = _synthetic(tmp_path, tiny_model["name"], "bad", "--epochs", "1") + extra
     if "--train-data" in extra:
         args = _base(tmp_path, tiny_model["name"], "bad") + extra
@@ -365,3 +367,41 @@ def test_bad_samples_are_skipped_and_logged_per_epoch(tmp_path, tiny_model, csv_
     line = next(x for x in log.splitlines() if "skipped bad training samples" in x)
     counts = dict(part.split("=") for part in line.split(": ")[-1].split(", "))
     assert counts == {"image_decode_error": "1", "missing_image": "1"}, line
+
+
+def test_wandb_offline_run(tmp_path, tiny_model, monkeypatch):
+    """The real wandb package in offline mode: the run is created under the experiment name with the
+    arguments as config and params.txt saved; train steps and val metrics are logged at global steps."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    calls = {"init": [], "log": []}
+    real_init, real_log = wandb.init, wandb.sdk.wandb_run.Run.log
+
+    def spy_init(*a, **kw):
+        calls["init"].append(kw)
+        return real_init(*a, **kw)
+
+    def spy_log(run, data, step=None, **kw):
+        calls["log"].append((step, dict(data)))
+        return real_log(run, data, step=step, **kw)
+
+    monkeypatch.setattr(wandb, "init", spy_init)
+    # wandb.init rebinds the module-level wandb.log to the new run's method: spy on the method
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", spy_log)
+    args = _synthetic(tmp_path, tiny_model["name"], "wb", "--epochs", "2", "--report-to", "wandb",
+                      "--val-data", "synthetic", "--val-num-samples", "8", "--wandb-project-name", "proj")
+    assert main(args) is None
+    assert wandb.run is None  # finished
+    (init,) = calls["init"]
+    assert init["project"] == "proj" and init["id"] == "wb" and init["config"]["model"] == tiny_model["name"]
+    runs = list((tmp_path / "wandb").glob("offline-run-*-wb"))
+    assert len(runs) == 1 and (runs[0] / "run-wb.wandb").stat().st_size > 0
+    assert list(runs[0].glob("files/**/params.txt"))
+    train = [(step, data) for step, data in calls["log"] if "train/loss" in data]
+    assert [step for step, _ in train] == [0, 1, 2, 3]  # 8 samples / batch 4 = 2 steps per epoch, logged each step
+    assert all(np.isfinite(data["train/loss"]) and data["step"] == step for step, data in train)
+    val = [(step, data) for step, data in calls["log"] if "val/clip_val_loss" in data]
+    assert [(step, data["epoch"]) for step, data in val] == [(2, 1), (4, 2)]
