@@ -172,7 +172,31 @@ def bench(model_name: str, precision: str, device: str, batch_size: int, steps: 
         result["speedup_vs_baseline"] = round(best / best_ref, 3)
     if device.startswith("cuda"):
         result.update(ours.utilisation(best, precision))
+    else:
+        # FLOPs put absolute figures from other machines in context: samples/s x GFLOP/sample is the
+        # sustained rate a run needs, to compare with this machine's plain matmul rate
+        images, texts = ours.batches[0]
+        flops = _model_flops(ours.model, images, texts, ours.loss) / batch_size
+        result["gflop_per_sample"] = round(flops / 1e9, 3)
+        result["achieved_gflop_per_s"] = round(flops * best / 1e9, 1)
+        if ref is not None:
+            ref_flops = _model_flops(ref.model, images, texts, ref.loss) / batch_size
+            result["baseline_gflop_per_sample"] = round(ref_flops / 1e9, 3)
+            result["baseline_achieved_gflop_per_s"] = round(ref_flops * best_ref / 1e9, 1)
+        result["matmul_gflop_per_s"] = round(_matmul_rate(), 1)
     return result
+
+
+def _matmul_rate() -> float:
+    """Best-of-5 GFLOP/s of one fp32 [4160, 256] x [256, 1024] product (the tiny ViT's MLP shape)."""
+    a, w = torch.randn(4160, 256), torch.randn(1024, 256)
+    torch.nn.functional.linear(a, w)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.nn.functional.linear(a, w)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 4160 * 256 * 1024 / best / 1e9
 
 
 def main() -> None:

@@ -51,16 +51,26 @@ def test_block_forward_at_equals_gathered_forward(ls_init_value, masked):
         assert_close_scaled(at_grads[name], full_grads[name], name)
 
 
-def test_transformer_forward_at_with_checkpointing_and_custom_fallback():
+@pytest.mark.parametrize("kwargs", [{}, {"qk_norm": True}])  # custom blocks fall back to the full stack
+def test_transformer_forward_at_with_checkpointing_and_custom_fallback(kwargs):
     torch.manual_seed(0)
     x = torch.randn(3, 7, WIDTH)
     positions = torch.tensor([6, 0, 2])
-    for kwargs in ({}, {"qk_norm": True}):  # the custom block falls back to the full stack
-        stack = Transformer(WIDTH, 3, HEADS, **kwargs)
-        expected = stack(x)[torch.arange(3), positions].unsqueeze(1)
-        assert_close_scaled(stack.forward_at(x, positions), expected)
-        stack.grad_checkpointing = True
-        assert_close_scaled(stack.forward_at(x, positions), expected)
+    mask = build_causal_mask(7)
+    stack = Transformer(WIDTH, 3, HEADS, **kwargs)
+    expected = stack(x, attn_mask=mask)[torch.arange(3), positions].unsqueeze(1)
+    expected.sum().backward()
+    expected_grads = param_grads(stack)
+    for checkpointing in (False, True):
+        stack.zero_grad()
+        stack.grad_checkpointing = checkpointing
+        out = stack.forward_at(x, positions, mask)
+        out.sum().backward()
+        assert_close_scaled(out, expected)
+        grads = param_grads(stack)
+        assert grads.keys() == expected_grads.keys()
+        for name in grads:
+            assert_close_scaled(grads[name], expected_grads[name], name)
 
 
 VISION_CASES = [

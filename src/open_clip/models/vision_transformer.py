@@ -216,7 +216,7 @@ class VisionTransformer(nn.Module):
     @torch.jit.unused
     def _pools_class_token_only(self) -> bool:
         return (
-            self.last_block_pooled_only
+            getattr(self, "last_block_pooled_only", True)  # towers pickled before the attribute existed
             and not self.output_tokens
             and self.pool_type == "tok"
             and self.attn_pool is None
