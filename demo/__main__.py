@@ -26,7 +26,7 @@ MODEL_CFG = {
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 3, "width": 96, "head_width": 32, "patch_size": 8},
     "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 96, "heads": 3, "layers": 3},
 }
-FULL = {"train_samples": 36_000, "epochs": 5, "batch_size": 128, "lr": 2e-3, "warmup": 100, "eval_images": 300}
+FULL = {"train_samples": 36_000, "epochs": 4, "batch_size": 128, "lr": 2e-3, "warmup": 100, "eval_images": 300}
 QUICK = {"train_samples": 3_072, "epochs": 2, "batch_size": 128, "lr": 2e-3, "warmup": 10, "eval_images": 60}
 
 
