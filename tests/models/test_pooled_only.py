@@ -230,10 +230,17 @@ def test_text_embedding_looked_up_once_per_batch(cls):
 def test_text_pooled_only_saves_flops():
     model = make_clip(CLIP).eval()
     text = random_text(8, seed=5)
-    text[0, -1] = EOT + 0  # one full-length row: the batch is not trimmed as a whole
-    text[0, : CTX - 1] = 1
+    text[0, : CTX - 1] = 1  # one full-length row: the batch is not trimmed as a whole
+    text[0, -1] = EOT
     with torch.no_grad():
         fast = count_flops(lambda: model.encode_text(text))
+        # a hook on the last block makes it run over every token, with the length groups unchanged
+        handle = model.transformer.resblocks[-1].register_forward_hook(lambda m, a, out: None)
+        groups_only = count_flops(lambda: model.encode_text(text))
+        handle.remove()
         model.text_early_stop = False
         full = count_flops(lambda: model.encode_text(text))
     assert fast < 0.75 * full
+    # the last block skips, for every kept token but the pooled one, query / out_proj / MLP: 20 W^2 FLOPs each
+    kept = int((text.argmax(-1) + 1).sum())
+    assert groups_only - fast >= (kept - 8) * 20 * WIDTH**2

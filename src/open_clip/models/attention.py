@@ -506,7 +506,8 @@ class Transformer(nn.Module):
         """``forward(x)[arange(B), positions]`` as (B, 1, C), computing the last block only where it
         is read: for towers that pool one token per row, the last block's other queries, attention
         outputs and MLP rows are never used. Falls back to the full stack (then a gather) for custom
-        or cross-attention last blocks, 3-D masks, sequence-first stacks and hooked last blocks."""
+        or cross-attention last blocks, 3-D masks, sequence-first stacks, and when the stack itself
+        or its last block has hooks (called normally then, so the hooks see full outputs)."""
         last = self.resblocks[-1] if len(self.resblocks) else None
         selective = (
             isinstance(last, ResidualAttentionBlock)
@@ -514,10 +515,11 @@ class Transformer(nn.Module):
             and self.batch_first
             and last.attn.batch_first
             and (attn_mask is None or attn_mask.dim() == 2)
+            and not has_hooks(self, recurse=False)
             and not has_hooks(last)
         )
         if not selective:
-            x = self.forward(x, attn_mask=attn_mask)
+            x = self(x, attn_mask=attn_mask)
             return x[torch.arange(x.shape[0], device=x.device), positions].unsqueeze(1)
         for block in self.resblocks[:-1]:
             x = self.run_block(block, x, attn_mask=attn_mask)

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import has_hooks
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
 from .modified_resnet import ModifiedResNet
 from .text_early_stop import encode_pooled_text_in_buckets, text_pool_positions
@@ -486,7 +485,7 @@ class CLIP(_TwoTowerModel):
     def _encode_text_group_pooled_only(self, text: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
         # Like _encode_text_group, but the last block runs at each row's pooled position only.
         positions = text_pool_positions(text, self.text_pool_type, self.text_eos_id)
-        if positions is None or has_hooks(self.transformer, recurse=False):
+        if positions is None:
             return self._encode_text_group(text, embedded)
         n = text.shape[1]
         cast_dtype = self.transformer.get_cast_dtype()

@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from .attention import Transformer, build_causal_mask, has_hooks
+from .attention import Transformer, build_causal_mask
 from .layers import LayerNorm
 from .text_early_stop import (
     encode_pooled_text_in_buckets,
@@ -267,7 +267,7 @@ class TextTransformer(nn.Module):
         x = embedded.to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)
         attn_mask = self.attn_mask[:n, :n] if self.attn_mask is not None else None
         positions = text_pool_positions(text, self.pool_type, self.eos_id)
-        if positions is None or has_hooks(self.transformer, recurse=False):
+        if positions is None:
             pooled, _ = self._pool_and_project(self.transformer(x, attn_mask=attn_mask), text)
             return pooled
         x = self.transformer.forward_at(x, positions, attn_mask)[:, 0]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..utils import to_2tuple
-from .attention import AttentionalPooler, Transformer, has_hooks
+from .attention import AttentionalPooler, Transformer
 from .layers import LayerNorm, PatchDropout
 from .pos_embed import get_2d_sincos_pos_embed
 
@@ -220,7 +220,6 @@ class VisionTransformer(nn.Module):
             and not self.output_tokens
             and self.pool_type == "tok"
             and self.attn_pool is None
-            and not has_hooks(self.transformer, recurse=False)
         )
 
     @torch.jit.unused
