@@ -128,7 +128,9 @@ def run(args=None):
     optimizer = scaler = None
     if args.train_data or args.dataset_type == "synthetic":
         optimizer = create_optimizer(model, args.opt, lr=args.lr, wd=args.wd, beta1=args.beta1, beta2=args.beta2,
-                                     eps=args.eps, momentum=args.momentum)
+                                     eps=args.eps, momentum=args.momentum, layer_decay=args.layer_decay,
+                                     lr_image=args.lr_image, lr_text=args.lr_text, wd_image=args.wd_image,
+                                     wd_text=args.wd_text)
         optimizer = _maybe_horovod_optimizer(optimizer, model, args)
         scaler = create_scaler(args.precision, device)
     resume = resume_from_checkpoint(args.resume, model, optimizer, scaler) if args.resume else None

@@ -52,9 +52,23 @@ def create_optimizer(
         beta2: float | None = 0.999,
         eps: float | None = 1e-8,
         momentum: float | None = None,
+        layer_decay: float | None = None,
+        lr_image: float | None = None,
+        lr_text: float | None = None,
+        wd_image: float | None = None,
+        wd_text: float | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW with the 3.3 parameter groups, or ``timm/<name>`` via timm's optimizer factory."""
+    """AdamW with the 3.3 parameter groups, or ``timm/<name>`` via timm's optimizer factory.
+
+    ``layer_decay`` and the per-tower ``lr_*``/``wd_*`` (AdamW only) split the groups further, see
+    :func:`layer_decay.build_param_groups`; left at None the groups are exactly 3.3's.
+    """
     opt_name = opt.lower()
+    tower_settings = dict(layer_decay=layer_decay, lr_image=lr_image, lr_text=lr_text, wd_image=wd_image,
+                          wd_text=wd_text)
+    if opt_name.startswith("timm/") and any(v is not None for v in tower_settings.values()):
+        raise ConfigError(f"--opt {opt}: --layer-decay, --lr-image, --lr-text, --wd-image and --wd-text work with "
+                          "--opt adamw only; drop them or use adamw.")
     if opt_name.startswith("timm/"):
         if (beta1 is None) != (beta2 is None):
             raise ConfigError("--opt timm/...: give both --beta1 and --beta2, or neither.")
@@ -74,7 +88,10 @@ def create_optimizer(
         except (ValueError, AssertionError) as e:
             raise ConfigError(f"--opt {opt}: timm cannot create it ({e}).") from e
     elif opt_name == "adamw":
-        optimizer = _adamw(param_groups(model, wd), lr=lr, betas=(beta1, beta2), eps=eps)
+        from .layer_decay import build_param_groups
+
+        groups = build_param_groups(model, lr, wd, **tower_settings)
+        optimizer = _adamw(groups, lr=lr, betas=(beta1, beta2), eps=eps)
     else:
         raise ConfigError(f"--opt {opt}: unknown optimizer; use 'adamw' or 'timm/<name>' (e.g. timm/lamb).")
     defaults = dict(optimizer.defaults)

@@ -2,7 +2,9 @@
 
 Every flag of OpenCLIP 3.3 keeps its name, type and default; flags are grouped for ``--help``.
 New flags: ``--save-every-n-steps``, ``--max-nonfinite-steps``, ``--loss-chunk-size`` and
-``--data-max-bad-fraction``.
+``--data-max-bad-fraction``; ``--layer-decay``, ``--lr-image``, ``--lr-text``, ``--wd-image``, ``--wd-text``
+(per-layer and per-tower learning rates), and ``--dataset-type imagefolder`` with ``--classnames`` /
+``--templates`` (class folders as image-caption pairs).
 """
 
 from __future__ import annotations
@@ -48,8 +50,15 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    help="Number of samples per epoch (required for webdataset without a size file).")
     g.add_argument("--val-num-samples", type=int, default=None,
                    help="Number of validation samples (webdataset bookkeeping).")
-    g.add_argument("--dataset-type", choices=["webdataset", "csv", "synthetic", "auto"], default="auto",
-                   help="Which type of dataset to process.")
+    g.add_argument("--dataset-type", choices=["webdataset", "csv", "synthetic", "auto", "imagefolder"],
+                   default="auto",
+                   help="Which type of dataset to process. imagefolder: one sub-folder per class, captioned "
+                        "'template(class name)' with a random template per sample (FLYP-style fine-tuning).")
+    g.add_argument("--classnames", type=str, default=None,
+                   help="imagefolder: file of 'folder<TAB>class name' lines (default: the folder names).")
+    g.add_argument("--templates", type=str, default=None,
+                   help="imagefolder: file of prompt templates, one per line with {} for the class name "
+                        "(default: the OpenAI ImageNet templates).")
     g.add_argument("--dataset-resampled", default=False, action="store_true",
                    help="Whether to use sampling with replacement for webdataset shard selection.")
     g.add_argument("--csv-separator", type=str, default="\t", help="For csv-like datasets, which separator.")
@@ -152,6 +161,13 @@ def _add_optim_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta2", type=float, default=None, help="Adam beta 2.")
     g.add_argument("--eps", type=float, default=None, help="Adam epsilon.")
     g.add_argument("--wd", type=float, default=0.2, help="Weight decay.")
+    g.add_argument("--layer-decay", type=float, default=None,
+                   help="Layer-wise LR decay F: a parameter at depth d of a tower with L blocks gets "
+                        "lr * F^(L+1-d) (embeddings d=0, block i d=i+1, top d=L+1). Default: off.")
+    g.add_argument("--lr-image", type=float, default=None, help="Base learning rate of the image tower (default --lr).")
+    g.add_argument("--lr-text", type=float, default=None, help="Base learning rate of the text tower (default --lr).")
+    g.add_argument("--wd-image", type=float, default=None, help="Weight decay of the image tower (default --wd).")
+    g.add_argument("--wd-text", type=float, default=None, help="Weight decay of the text tower (default --wd).")
     g.add_argument("--momentum", type=float, default=None, help="Momentum (for timm optimizers).")
     g.add_argument("--warmup", type=int, default=10000, help="Number of steps to warmup for.")
     g.add_argument("--opt", type=str, default="adamw",

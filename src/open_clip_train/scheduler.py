@@ -1,6 +1,7 @@
 """Learning-rate schedules (cosine, constant, constant with cooldown), each with linear warmup.
 
-Each factory returns ``adjust(step) -> lr`` which writes the LR into every param group.
+Each factory returns ``adjust(step) -> lr`` which writes the LR into every param group (scaled by the
+group's ``lr_scale`` with layer-wise or per-tower learning rates).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ Schedule = Callable[[int], float]
 
 
 def assign_learning_rate(optimizer: torch.optim.Optimizer, new_lr: float) -> None:
-    """Set ``lr`` of every param group."""
+    """Set ``lr`` of every param group (times the group's ``lr_scale`` where it has one)."""
     for group in optimizer.param_groups:
-        group["lr"] = new_lr
+        # Groups without lr_scale (every group by default, as in 3.3) get exactly new_lr.
+        group["lr"] = new_lr * group["lr_scale"] if "lr_scale" in group else new_lr
 
 
 def _warmup_lr(base_lr: float, warmup_length: int, step: int) -> float:

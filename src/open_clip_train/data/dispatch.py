@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .csv_dataset import get_csv_dataset
+from .imagefolder_captions import get_imagefolder_caption_dataset
 from .imagenet_folder import get_imagenet
 from .info import DataInfo
 from .synthetic import get_synthetic_dataset
 from .webdataset_pipeline import get_wds_dataset
 
-DATASET_TYPES = ("webdataset", "csv", "synthetic", "auto")
+DATASET_TYPES = ("webdataset", "csv", "synthetic", "auto", "imagefolder")
 
 
 def get_dataset_fn(data_path: str | None, dataset_type: str) -> Callable:
@@ -22,6 +23,8 @@ def get_dataset_fn(data_path: str | None, dataset_type: str) -> Callable:
         return get_csv_dataset
     if dataset_type == "synthetic":
         return get_synthetic_dataset
+    if dataset_type == "imagefolder":
+        return get_imagefolder_caption_dataset
     if dataset_type == "auto":
         ext = (data_path or "").split(".")[-1]
         if ext in ("csv", "tsv"):
