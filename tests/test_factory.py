@@ -315,14 +315,15 @@ def tiny_weights(tmp_path):
 
 
 def test_pretrained_tag(registry, tiny_weights, monkeypatch):
-    import open_clip.pretrained as pretrained
+    # the factory looks these up in its own globals, as 3.3 did, so that is where a test patches them
+    import open_clip.factory as factory
 
     source, path = tiny_weights
     record = {'url': '', 'hf_hub': 'org/repo/', 'mean': (0.1, 0.1, 0.1), 'std': (0.2, 0.2, 0.2),
               'interpolation': 'bilinear', 'resize_mode': 'squash', 'quick_gelu': True}
     downloads = []
-    monkeypatch.setattr(pretrained, 'get_pretrained_cfg', lambda m, t: record if t == 'mytag' else {})
-    monkeypatch.setattr(pretrained, 'download_pretrained', lambda cfg, **kw: downloads.append(cfg) or path)
+    monkeypatch.setattr(factory, 'get_pretrained_cfg', lambda m, t: record if t == 'mytag' else {})
+    monkeypatch.setattr(factory, 'download_pretrained', lambda cfg, **kw: downloads.append(cfg) or path)
     with pytest.warns(UserWarning, match=r"QuickGELU mismatch .*quick_gelu=False.*'mytag' \(quick_gelu=True\)"):
         model = create_model('_tiny-vit', pretrained='mytag')
     assert torch.equal(model.visual.proj, source.visual.proj) and len(downloads) == 1
@@ -332,12 +333,13 @@ def test_pretrained_tag(registry, tiny_weights, monkeypatch):
     # load_weights=False: no download (3.3 downloaded anyway), but the tag's preprocess values apply
     model = create_model('_tiny-vit', pretrained='mytag', load_weights=False, force_quick_gelu=True)
     assert len(downloads) == 1 and model.visual.preprocess_cfg['resize_mode'] == 'squash'
-    monkeypatch.setattr(pretrained, 'download_pretrained', lambda cfg, **kw: 1 / 0)
+    monkeypatch.setattr(factory, 'download_pretrained', lambda cfg, **kw: 1 / 0)
     with pytest.raises(RuntimeError, match="Failed to download weights for tag 'mytag'"):
         create_model('_tiny-vit', pretrained='mytag', force_quick_gelu=True)
 
 
 def test_hf_hub_model(tiny_weights, tmp_path, monkeypatch):
+    import open_clip.factory as factory
     import open_clip.pretrained as pretrained
 
     source, path = tiny_weights
@@ -348,7 +350,11 @@ def test_hf_hub_model(tiny_weights, tmp_path, monkeypatch):
         assert model_id == 'org/repo'
         return str(config) if filename == 'open_clip_config.json' else path
 
-    monkeypatch.setattr(pretrained, 'download_pretrained_from_hf', fake_download)
+    def patch_hub(fn):  # config via the registry, weights via the factory's globals (as 3.3 looked them up)
+        monkeypatch.setattr(pretrained, 'download_pretrained_from_hf', fn)
+        monkeypatch.setattr(factory, 'download_pretrained_from_hf', fn)
+
+    patch_hub(fake_download)
     model = create_model('hf-hub:org/repo', pretrained='ignored')
     assert torch.equal(model.visual.proj, source.visual.proj)
     assert model.visual.preprocess_cfg['resize_mode'] == 'longest'
@@ -358,14 +364,14 @@ def test_hf_hub_model(tiny_weights, tmp_path, monkeypatch):
             return str(config)
         raise FileNotFoundError('no weights')
 
-    monkeypatch.setattr(pretrained, 'download_pretrained_from_hf', no_weights)
+    patch_hub(no_weights)
     model = create_model('hf-hub:org/repo')  # weights failure: warning only, random init
     assert not torch.equal(model.visual.proj, source.visual.proj)
 
     def nothing(*args, **kwargs):
         raise FileNotFoundError('offline')
 
-    monkeypatch.setattr(pretrained, 'download_pretrained_from_hf', nothing)
+    patch_hub(nothing)
     with pytest.raises(RuntimeError, match='Failed initial config/weights load from HF Hub org/repo'):
         create_model('hf-hub:org/repo')
 

@@ -6,8 +6,9 @@ text -> CustomTextCLIP; else CLIP), build, set device and precision, load weight
 preprocess cfg. When a full checkpoint will be loaded, the model is built on the meta device (no
 random init) and the checkpoint tensors are assigned in (`checkpoint.load_into_meta_model`).
 
-Also re-exports the registry functions, `load_checkpoint` / `load_state_dict`, and (lazily)
-`get_tokenizer` and `create_loss`, so `open_clip.factory.<name>` keeps working as in 3.3.
+Also re-exports every name 3.3's `open_clip.factory` exposed (registry functions, checkpoint
+helpers, losses, tokenizers, preprocess configs, pretrained lookups), so `open_clip.factory.<name>`
+keeps working as in 3.3. None of those modules imports this one, so the re-exports are eager.
 """
 
 import copy
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -22,10 +24,14 @@ import torch
 
 from .checkpoint import (  # noqa: F401 (re-exports)
     _find_checkpoint_in_dir,
+    convert_to_custom_text_state_dict,
     load_checkpoint,
     load_into_meta_model,
     load_state_dict,
+    resize_pos_embed,
+    resize_text_pos_embed,
 )
+from .coca_model import CoCa  # noqa: F401 (re-export)
 from .config_registry import (  # noqa: F401 (re-exports)
     _MODEL_CONFIG_PATHS,
     _MODEL_CONFIGS,
@@ -41,29 +47,37 @@ from .config_registry import (  # noqa: F401 (re-exports)
     unknown_model_message,
 )
 from .constants import HF_CONFIG_NAME
+from .convert import convert_state_dict  # noqa: F401 (re-export)
+from .loss import ClipLoss, CoCaLoss, DistillClipLoss, SigLipLoss, create_loss  # noqa: F401 (re-exports)
 from .models.clip import CLIP, CustomTextCLIP, convert_weights_to_lp, get_cast_dtype, set_model_preprocess_cfg
-
-
-def __getattr__(name: str):
-    # Lazy re-exports: these modules belong to other parts of the library and import the registry.
-    if name == 'get_tokenizer':
-        from .tokenizer_config import get_tokenizer
-        return get_tokenizer
-    if name == 'create_loss':
-        from .loss import create_loss
-        return create_loss
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from .pretrained import (  # noqa: F401 (re-exports)
+    download_pretrained,
+    download_pretrained_from_hf,
+    get_pretrained_cfg,
+    is_pretrained_cfg,
+    list_pretrained_tags_by_model,
+)
+from .tokenizer import (  # noqa: F401 (re-exports)
+    DEFAULT_CONTEXT_LENGTH,
+    HFTokenizer,
+    SigLipTokenizer,
+    SimpleTokenizer,
+)
+from .tokenizer_config import get_tokenizer  # noqa: F401 (re-export)
+from .transform import (  # noqa: F401 (re-exports)
+    AugmentationCfg,
+    PreprocessCfg,
+    image_transform_v2,
+    merge_preprocess_dict,
+    merge_preprocess_kwargs,
+)
 
 
 def _default_preprocess_cfg() -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from .transform import PreprocessCfg
     return asdict(PreprocessCfg())
 
 
 def _merge_preprocess(base: dict[str, Any], overlay: Optional[dict[str, Any]]) -> dict[str, Any]:
-    from .transform import merge_preprocess_dict
     return merge_preprocess_dict(base, overlay)
 
 
@@ -97,7 +111,6 @@ def _resolve_hf_hub(ident: str, preprocess_cfg: dict[str, Any], cache_dir: Optio
     preprocess_cfg = _merge_preprocess(preprocess_cfg, config.get('preprocess_cfg', {}))
     checkpoint_path = None
     try:
-        from .pretrained import download_pretrained_from_hf
         checkpoint_path = download_pretrained_from_hf(ident, cache_dir=cache_dir)
     except Exception as e:
         logging.warning("Could not download weights for 'hf-hub:%s' (%s); the model will be randomly "
@@ -113,8 +126,7 @@ def _resolve_builtin(name: str, pretrained: Optional[str], preprocess_cfg: dict[
         raise RuntimeError(unknown_model_message(name))
     if not pretrained:
         return model_cfg, None, preprocess_cfg, None
-    from .pretrained import download_pretrained, get_pretrained_cfg, list_pretrained_tags_by_model
-
+    # Looked up in this module's globals, as in 3.3: patching `open_clip.factory.<name>` takes effect.
     tag_cfg = get_pretrained_cfg(name, pretrained)
     if tag_cfg:
         checkpoint_path = None
@@ -401,8 +413,6 @@ def create_model_and_transforms(
     Returns (model, preprocess_train, preprocess_val). `image_*` arguments override the model's
     preprocess cfg; `aug_cfg` (dict or AugmentationCfg) configures training augmentation.
     """
-    from .transform import PreprocessCfg, image_transform_v2
-
     force_preprocess_cfg = _image_overrides(image_mean, image_std, image_interpolation, image_resize_mode)
     model = create_model(
         model_name, pretrained, load_weights=load_weights, precision=precision, device=device, jit=jit,
@@ -444,8 +454,6 @@ def create_model_from_pretrained(
         **model_kwargs,
 ):
     """`create_model(..., require_pretrained=True)`; returns (model, eval transform) or just the model."""
-    from .transform import PreprocessCfg, image_transform_v2
-
     model = create_model(
         model_name, pretrained, precision=precision, device=device, jit=jit,
         force_quick_gelu=force_quick_gelu, force_custom_text=force_custom_text,

@@ -14,19 +14,24 @@ import torch
 from torch import nn
 
 from .hf_configs import arch_dict
+from .optional_modules import optional_module_attributes
 from .timm_model import MissingExtraError
 from .utils import feature_take_indices
+
+# `open_clip.hf_model.transformers`: the transformers package or None, as in 3.3 (code checks it to see
+# whether HF text towers are available); imported on first read so this module stays cheap to import.
+__getattr__, __dir__ = optional_module_attributes(__name__, {"transformers": "transformers"})
 
 _POOLERS: dict[str, type] = {}
 
 
-def _snake_case(name: str) -> str:
+def _camel2snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def register_pooler(cls: type) -> type:
     """Class decorator: make a pooler selectable by its snake_case class name."""
-    _POOLERS[_snake_case(cls.__name__)] = cls
+    _POOLERS[_camel2snake(cls.__name__)] = cls
     return cls
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .loss_distributed import _HAS_DIST as has_distributed  # noqa: F401 (3.3's name for the flag)
 from .loss_distributed import (
     NeighbourExchange,
     NeighbourExchangeBidir,
@@ -28,6 +29,10 @@ from .loss_distributed import (
     require_horovod,
 )
 from .loss_tiled import tiled_sigmoid_loss, tiled_softmax_loss
+from .optional_modules import optional_module_attributes
+
+# `open_clip.loss.hvd`: horovod.torch or None, as in 3.3 (imported on first read).
+__getattr__, __dir__ = optional_module_attributes(__name__, {"hvd": "horovod.torch"})
 
 __all__ = [
     "ClipLoss",

@@ -1,22 +1,22 @@
 """Compatibility module: the names 3.3 exposed as `open_clip.model`.
 
-The model classes and helpers live in `open_clip.models.clip` and `open_clip.checkpoint`; this module
-re-exports them under their old home and holds `trace_model`. `build_model_from_openai_state_dict`
-is provided by `open_clip.openai` and imported on first use.
+The model classes and helpers live in `open_clip.models` and `open_clip.checkpoint`; this module
+re-exports them (and the tower classes 3.3 imported here) under their old home and holds
+`trace_model`. `build_model_from_openai_state_dict` lives in `open_clip.openai`.
 """
-
-from typing import Any
 
 import torch
 
-from .checkpoint import (  # noqa: F401
+from .checkpoint import (  # noqa: F401 (re-exports)
     convert_to_custom_text_state_dict,
     load_checkpoint,
     load_state_dict,
     resize_pos_embed,
     resize_text_pos_embed,
 )
-from .models.clip import (  # noqa: F401
+from .hf_model import HFTextEncoder  # noqa: F401 (re-export)
+from .models.attention import Attention  # noqa: F401 (re-export)
+from .models.clip import (  # noqa: F401 (re-exports)
     CLIP,
     CLIPTextCfg,
     CLIPVisionCfg,
@@ -31,6 +31,12 @@ from .models.clip import (  # noqa: F401
     get_model_tokenize_cfg,
     set_model_preprocess_cfg,
 )
+from .models.layers import LayerNorm, LayerNormFp32, QuickGELU  # noqa: F401 (re-exports)
+from .models.modified_resnet import ModifiedResNet  # noqa: F401 (re-export)
+from .models.text_transformer import TextTransformer, lock_text_tower, text_global_pool  # noqa: F401
+from .models.vision_transformer import VisionTransformer  # noqa: F401 (re-export)
+from .openai import build_model_from_openai_state_dict  # noqa: F401 (re-export)
+from .timm_model import TimmModel  # noqa: F401 (re-export)
 from .utils import to_2tuple
 
 
@@ -56,9 +62,3 @@ def trace_model(model: torch.nn.Module, batch_size: int = 256, device: torch.dev
     model.visual.image_size = image_size
     return model
 
-
-def __getattr__(name: str) -> Any:
-    if name == 'build_model_from_openai_state_dict':
-        from .openai import build_model_from_openai_state_dict
-        return build_model_from_openai_state_dict
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

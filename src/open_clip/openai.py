@@ -12,6 +12,14 @@ from typing import Optional, Union
 import torch
 
 from .constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from .models.clip import (
+    CLIP,
+    CLIPTextCfg,
+    CLIPVisionCfg,
+    convert_weights_to_fp16,
+    convert_weights_to_lp,
+    get_cast_dtype,
+)
 from .pretrained import download_pretrained_from_url, get_pretrained_url, list_pretrained_models_by_tag
 from .pretrained_torchscript import is_torchscript_archive, read_torchscript_state_dict
 
@@ -60,8 +68,6 @@ def _infer_text_cfg(sd: dict) -> dict:
 
 def _build_fp32_model(state_dict: dict, quick_gelu: bool, cast_dtype: Optional[torch.dtype]):
     """Build the CLIP the shapes describe and load the weights exactly (no dtype round trip)."""
-    from .models.clip import CLIP, CLIPTextCfg, CLIPVisionCfg
-
     vision_cfg = CLIPVisionCfg(**_infer_vision_cfg(state_dict))
     text_cfg = CLIPTextCfg(**_infer_text_cfg(state_dict))
     embed_dim = state_dict["text_projection"].shape[1]
@@ -84,8 +90,6 @@ def build_model_from_openai_state_dict(
     state dict is rounded once rather than loaded into fp16 and rounded on the way in.
     ``cast_dtype`` selects the fp32-computing LayerNorm for half-precision use.
     """
-    from .models.clip import convert_weights_to_fp16
-
     model = _build_fp32_model(state_dict, quick_gelu, cast_dtype)
     convert_weights_to_fp16(model)
     return model
@@ -145,8 +149,6 @@ def load_openai_model(
     Returns:
         The model in eval mode (only the model, as in 3.3), with ``visual.image_mean/std`` set.
     """
-    from .models.clip import convert_weights_to_lp, get_cast_dtype
-
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)

@@ -19,7 +19,16 @@ from urllib.error import HTTPError
 
 from tqdm import tqdm
 
-from .constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from .constants import (  # noqa: F401 (the statistics are re-exported: 3.3 code imports them from here)
+    HF_SAFE_WEIGHTS_NAME,
+    HF_WEIGHTS_NAME,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    OPENAI_DATASET_MEAN,
+    OPENAI_DATASET_STD,
+)
 from .pretrained_cache import (
     CorruptCacheError,
     hub_cache_dir,
@@ -63,6 +72,57 @@ def _build_registry(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, di
 
 
 _PRETRAINED: dict[str, dict[str, dict]] = _build_registry(PRETRAINED_TABLE)
+# The derived `<arch>-quickgelu` entries (the same dicts as in `_PRETRAINED`), under 3.3's name.
+_PRETRAINED_quickgelu = {arch: tags for arch, tags in _PRETRAINED.items() if arch not in PRETRAINED_TABLE}
+
+# 3.3 kept some architectures' tag tables in module globals; code that extends or inspects them
+# (e.g. `_VITB32["mytag"] = ...`) reaches the live registry entries through these names.
+_RN50 = _PRETRAINED["RN50"]
+_RN101 = _PRETRAINED["RN101"]
+_RN50x4 = _PRETRAINED["RN50x4"]
+_RN50x16 = _PRETRAINED["RN50x16"]
+_RN50x64 = _PRETRAINED["RN50x64"]
+_VITB32 = _PRETRAINED["ViT-B-32"]
+_VITB32_256 = _PRETRAINED["ViT-B-32-256"]
+_VITB16 = _PRETRAINED["ViT-B-16"]
+_VITB16_PLUS_240 = _PRETRAINED["ViT-B-16-plus-240"]
+_VITL14 = _PRETRAINED["ViT-L-14"]
+_VITL14_336 = _PRETRAINED["ViT-L-14-336"]
+_VITH14 = _PRETRAINED["ViT-H-14"]
+_VITH14_378 = _PRETRAINED["ViT-H-14-378"]
+_VITg14 = _PRETRAINED["ViT-g-14"]
+_VITbigG14 = _PRETRAINED["ViT-bigG-14"]
+_robertaViTB32 = _PRETRAINED["roberta-ViT-B-32"]
+_xlmRobertaBaseViTB32 = _PRETRAINED["xlm-roberta-base-ViT-B-32"]
+_xlmRobertaLargeFrozenViTH14 = _PRETRAINED["xlm-roberta-large-ViT-H-14"]
+_convnext_base = _PRETRAINED["convnext_base"]
+_convnext_base_w = _PRETRAINED["convnext_base_w"]
+_convnext_base_w_320 = _PRETRAINED["convnext_base_w_320"]
+_convnext_large_d = _PRETRAINED["convnext_large_d"]
+_convnext_large_d_320 = _PRETRAINED["convnext_large_d_320"]
+_convnext_xxlarge = _PRETRAINED["convnext_xxlarge"]
+_coca_VITB32 = _PRETRAINED["coca_ViT-B-32"]
+_coca_VITL14 = _PRETRAINED["coca_ViT-L-14"]
+
+
+def _record_maker(mean: tuple[float, ...], std: tuple[float, ...], interpolation: str, resize_mode: str):
+    """A 3.3-style record builder: ``maker(url='', hf_hub='', **extra)`` -> registry record dict."""
+
+    def make(url: str = "", hf_hub: str = "", **extra: Any) -> dict[str, Any]:
+        record = dict(url=url, hf_hub=hf_hub, mean=mean, std=std, interpolation=interpolation, resize_mode=resize_mode)
+        record.update(extra)  # extra keys (quick_gelu, or a different interpolation...) win
+        return record
+
+    return make
+
+
+# 3.3's record builders, one per preprocessing family, for code that registers its own weights.
+_pcfg = _record_maker(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, "bicubic", "shortest")  # OpenAI / OpenCLIP
+_slpcfg = _record_maker(INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")  # SigLIP / SigLIP2
+_apcfg = _record_maker(IMAGENET_MEAN, IMAGENET_STD, "bilinear", "squash")  # CLIPA
+_mccfg = _record_maker((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", "shortest")  # MobileCLIP
+_mc2cfg = _record_maker(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, "bilinear", "shortest")  # MobileCLIP2 S3/S4/L
+_pecfg = _record_maker(INCEPTION_MEAN, INCEPTION_STD, "bilinear", "squash")  # Perception Encoder
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +341,7 @@ def _split_revision(model_id: str, revision: Optional[str]) -> tuple[str, Option
     return repo, rev
 
 
-def _safe_alternatives(filename: str) -> list[str]:
+def _get_safe_alternatives(filename: str) -> list[str]:
     """Safetensors files to try before ``filename`` (the default weights or any .bin/.pth)."""
     if filename == HF_WEIGHTS_NAME:
         return [HF_SAFE_WEIGHTS_NAME]
@@ -306,7 +366,7 @@ def download_pretrained_from_hf(
     has_hf_hub(True)
     model_id, revision = _split_revision(model_id, revision)
     filename = filename or HF_WEIGHTS_NAME
-    candidates = (_safe_alternatives(filename) if _has_safetensors else []) + [filename]
+    candidates = (_get_safe_alternatives(filename) if _has_safetensors else []) + [filename]
     cache = hub_cache_dir(cache_dir)
     offline = is_offline()
     last_error: Optional[BaseException] = None

@@ -20,6 +20,8 @@ from typing import Any, Optional, Union
 import torch
 
 from .constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+from .factory import create_model_from_pretrained, get_model_config, get_tokenizer
+from .tokenizer import HFTokenizer, SigLipTokenizer
 
 try:
     from huggingface_hub import create_repo, file_exists, upload_folder
@@ -153,8 +155,6 @@ def generate_readme(model_card: dict, model_name: str) -> str:
 
 def _hub_tokenizer(tokenizer: Any) -> Any:
     """Hub repos carry HF tokenizer files; the built-in BPE is published as OpenAI's HF tokenizer."""
-    from .tokenizer import HFTokenizer, SigLipTokenizer
-
     if isinstance(tokenizer, (HFTokenizer, SigLipTokenizer)):
         return tokenizer
     return HFTokenizer(_DEFAULT_HF_TOKENIZER)
@@ -223,8 +223,6 @@ def push_pretrained_to_hf_hub(
     ``hf_tokenizer_self`` makes the uploaded config name the repo itself as its HF tokenizer.
     Extra ``kwargs`` go to ``create_model_from_pretrained`` (they do not change the uploaded config).
     """
-    from .factory import create_model_from_pretrained, get_model_config, get_tokenizer
-
     model, _ = create_model_from_pretrained(
         model_name,
         pretrained=pretrained,

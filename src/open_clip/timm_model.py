@@ -14,7 +14,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
+from .optional_modules import optional_module_attributes
 from .utils import freeze_batch_norm_2d, to_2tuple
+
+# `open_clip.timm_model.timm`: the timm package or None, as in 3.3 (code checks it to see whether timm
+# towers are available); imported on first read so this module stays cheap to import.
+__getattr__, __dir__ = optional_module_attributes(__name__, {"timm": "timm"})
 
 # The timm versions that know every architecture named in model_configs/*.json (checked by
 # tests/towers_ext). Keep in sync with the `timm` extra in pyproject.toml.

@@ -22,11 +22,13 @@ from .transform_ops import (
     MaybeConvertMode,
     MaybeToTensor,
     ResizeKeepRatio,
+    _setup_size,  # noqa: F401 (3.3 name)
     center_crop_or_pad,
     check_image,
     color_jitter,
     gray_scale,
 )
+from .utils import to_2tuple  # noqa: F401 (3.3 re-exported it here)
 
 __all__ = [
     "AugmentationCfg",

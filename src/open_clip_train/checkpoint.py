@@ -32,6 +32,9 @@ import torch
 from .errors import ConfigError
 from .file_utils import pt_load
 
+# File name of the copy rewritten after every epoch with --save-most-recent (3.3's name for it).
+LATEST_CHECKPOINT_NAME = "epoch_latest.pt"
+
 # ---------------------------------------------------------------------------------------------
 # RNG state as weights_only-loadable values
 
@@ -167,7 +170,7 @@ def save_epoch_checkpoint(ckpt: dict[str, Any], completed_epoch: int, policy: Sa
             for old in list_step_checkpoints(policy.checkpoint_path):
                 _remove_if_exists(old)
     if policy.save_most_recent:
-        path = os.path.join(policy.checkpoint_path, "epoch_latest.pt")
+        path = os.path.join(policy.checkpoint_path, LATEST_CHECKPOINT_NAME)
         atomic_save(ckpt, path)
         written.append(path)
     return written

@@ -13,6 +13,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from open_clip.optional_modules import optional_module_attributes
+
+# `hvd`: horovod.torch or None, as 3.3 exposed it (imported on first read; the helpers below import
+# horovod themselves, only when --horovod is set).
+__getattr__, __dir__ = optional_module_attributes(__name__, {"hvd": "horovod.torch"})
+
 
 def _import_horovod():
     try:

@@ -157,12 +157,15 @@ def init_wandb(args, data: dict, model, params_file: str, resume_latest: bool) -
     logging.debug("Finished loading wandb.")
 
 
-def copy_codebase(args) -> None:
-    """Copy the source tree (three levels above this file) to ``<logs>/<name>/code``."""
+def copy_codebase(args) -> int:
+    """Copy the source tree (three levels above this file) to ``<logs>/<name>/code``.
+
+    Returns 1 when copied, -1 when that folder already exists (3.3's return values).
+    """
     new_code_path = os.path.join(args.logs, args.name, "code")
     if os.path.exists(new_code_path):
         print(f"Error. Experiment already exists at {new_code_path}. Use --name to specify a new experiment.")
-        return
+        return -1
     print(f"Copying codebase to {new_code_path}")
     current_code_path = os.path.realpath(__file__)
     for _ in range(3):
@@ -171,6 +174,7 @@ def copy_codebase(args) -> None:
     ignore = shutil.ignore_patterns("log", "logs", "wandb", ".venv", "venv", ".git", "__pycache__", "*.egg-info")
     shutil.copytree(current_code_path, new_code_path, ignore=ignore)
     print("Done copying code.")
+    return 1
 
 
 def resolve_resume_latest(args) -> str | None:

@@ -19,25 +19,45 @@ if __package__ in (None, ""):  # script form: make the package importable
 import numpy as np
 import torch
 
+# Besides what main uses, 3.3's main module exposed the names it imported (create_loss, get_data,
+# natural_key, cosine_lr, ...): code written for 3.3 imports them from here, so they are kept (F401).
+from open_clip import create_loss, create_model_and_transforms, get_tokenizer, trace_model  # noqa: F401
+from open_clip.optional_modules import optional_module_attributes
 from open_clip_train import experiment as exp
-from open_clip_train.checkpoint import (
+from open_clip_train.checkpoint import (  # noqa: F401
+    LATEST_CHECKPOINT_NAME,
     SavePolicy,
     build_checkpoint,
+    get_latest_checkpoint,
+    natural_key,
     resume_from_checkpoint,
     save_epoch_checkpoint,
     save_step_checkpoint,
     set_rng_state,
 )
-from open_clip_train.distributed import all_gather_object, barrier, init_distributed_device, is_master
+from open_clip_train.data import get_data
+from open_clip_train.distributed import (  # noqa: F401
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    init_distributed_device,
+    is_master,
+)
 from open_clip_train.errors import ConfigError, TrainingError
 from open_clip_train.evaluate import evaluate
-from open_clip_train.file_utils import remote_sync, start_sync_process
+from open_clip_train.experiment import copy_codebase  # noqa: F401
+from open_clip_train.file_utils import check_exists, pt_load, remote_sync, start_sync_process  # noqa: F401
 from open_clip_train.logger import setup_logging
 from open_clip_train.model_setup import apply_locks, build_loss, create_models, replace_with_bnb_linear, wrap_ddp
 from open_clip_train.optim import create_optimizer, create_scaler
 from open_clip_train.params import parse_args
-from open_clip_train.scheduler import create_scheduler
+from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr, create_scheduler  # noqa: F401
 from open_clip_train.train import TrainState, train_one_epoch, unwrap_model
+
+# `hvd`, `wandb`, `tensorboard`: the optional packages (or None) as 3.3 exposed them, imported on first read.
+__getattr__, __dir__ = optional_module_attributes(
+    __name__, {"hvd": "horovod.torch", "wandb": "wandb", "tensorboard": "torch.utils.tensorboard"}
+)
 
 
 def random_seed(seed: int = 42, rank: int = 0) -> None:
@@ -137,8 +157,6 @@ def run(args=None):
     start_epoch = resume.start_epoch if resume else 0
 
     # ---- data, schedule, reporters
-    from open_clip.factory import get_tokenizer
-
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
     data = _get_data(args, (preprocess_train, preprocess_val), start_epoch, tokenizer)
     scheduler = None
@@ -267,8 +285,6 @@ def _loader_state(data_info):
 
 
 def _get_data(args, preprocess_fns, epoch: int, tokenizer) -> dict:
-    from open_clip_train.data import get_data
-
     try:
         data = get_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer)
     except (ValueError, RuntimeError, FileNotFoundError, AssertionError) as e:

@@ -1,4 +1,4 @@
-"""Autocast context factory for the ``--precision`` choices."""
+"""Autocast context factory for the ``--precision`` choices (and the library's input-dtype mapping)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+
+# The dtype images are cast to before the forward pass: the library's own mapping (the same object
+# as `open_clip.get_input_dtype`, which 3.3's training modules imported).
+from open_clip.model import get_input_dtype  # noqa: F401 (re-export)
 
 
 def get_autocast(precision: str, device_type: str = "cuda") -> Callable[[], contextlib.AbstractContextManager]:
@@ -20,10 +24,3 @@ def get_autocast(precision: str, device_type: str = "cuda") -> Callable[[], cont
     if precision in ("amp_bf16", "amp_bfloat16"):
         return partial(torch.amp.autocast, device_type=device_type, dtype=torch.bfloat16)
     return contextlib.suppress
-
-
-def get_input_dtype(precision: str) -> torch.dtype | None:
-    """Dtype images are cast to before the forward pass (None = leave as is); the library's mapping."""
-    from open_clip.model import get_input_dtype as _get_input_dtype
-
-    return _get_input_dtype(precision)

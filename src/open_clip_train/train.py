@@ -17,9 +17,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from open_clip.model import CLIP, CustomTextCLIP  # noqa: F401 (3.3 exposed these here)
+
 from .distributed import is_master
 from .errors import TrainingError
+from .evaluate import evaluate, get_clip_metrics, maybe_compute_generative_loss  # noqa: F401 (3.3 names)
 from .precision import get_autocast, get_input_dtype
+from .zero_shot import zero_shot_eval  # noqa: F401 (3.3 name)
 
 try:
     import wandb

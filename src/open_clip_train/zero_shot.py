@@ -11,19 +11,11 @@ import logging
 import torch
 from tqdm import tqdm
 
+from open_clip.tokenizer_config import get_tokenizer
+from open_clip.zero_shot_classifier import build_zero_shot_classifier
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
 from .precision import get_autocast, get_input_dtype
-
-
-def get_tokenizer(*args, **kwargs):
-    from open_clip.factory import get_tokenizer as _get_tokenizer
-
-    return _get_tokenizer(*args, **kwargs)
-
-
-def build_zero_shot_classifier(*args, **kwargs):
-    from open_clip.zero_shot_classifier import build_zero_shot_classifier as _build
-
-    return _build(*args, **kwargs)
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
@@ -72,8 +64,6 @@ def zero_shot_eval(model, data, epoch, args, tokenizer=None) -> dict:
         return {}
     if args.distributed and not args.horovod:
         model = model.module
-
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
     logging.info("Starting zero-shot imagenet.")
     if tokenizer is None:

@@ -6,6 +6,8 @@ bad samples, never hang, and resume exactly mid-epoch (``DataInfo.state_dict``/`
 ``get_imagenet``...) are importable from here; the ``build_*_loader`` functions take explicit settings.
 """
 
+from open_clip.optional_modules import optional_module_attributes
+
 from .bad_samples import (
     BAD_SAMPLE_KINDS,
     CAPTION_ENCODING_ERROR,
@@ -48,6 +50,9 @@ from .webdataset_pipeline import (
     filter_no_caption_or_no_image,
     get_wds_dataset,
 )
+
+# `hvd`: horovod.torch or None, as 3.3 exposed it here (imported on first read).
+__getattr__, __dir__ = optional_module_attributes(__name__, {"hvd": "horovod.torch"})
 
 __all__ = [
     "BAD_SAMPLE_KINDS",
