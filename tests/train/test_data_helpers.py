@@ -49,8 +49,13 @@ def caption_for(sample_id: int) -> str:
     return f"a photo number {sample_id}"
 
 
-def fake_tokenizer(texts: list[str]) -> torch.Tensor:
-    """Encodes each caption as ``[sample id, length]`` (LongTensor (N, 2)) so tests can read ids back."""
+def fake_tokenizer(texts: str | list[str]) -> torch.Tensor:
+    """Encodes each caption as ``[sample id, length]`` (LongTensor (N, 2)) so tests can read ids back.
+
+    Takes a caption or a list of them, like the real tokenizers (WebDataset and synthetic data pass
+    the caption string, CSV a one-element list, as in 3.3)."""
+    if isinstance(texts, str):
+        texts = [texts]
     rows = []
     for t in texts:
         m = re.search(r"number (\d+)", t)

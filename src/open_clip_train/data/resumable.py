@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import numbers
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -103,12 +104,25 @@ def _loader_generator(seed: int) -> torch.Generator:
     return gen
 
 
+def collate_field(items: list) -> Any:
+    """One field of a batch: tensors, arrays and numbers collate as torch does (stacked tensors),
+    anything else (PIL images from an identity transform, caption strings from a tokenizer that
+    returns text) stays a list, as in 3.3's WebDataset batches."""
+    first = items[0]
+    if isinstance(first, (torch.Tensor, np.ndarray, numbers.Number, Mapping)) and not isinstance(first, str):
+        return default_collate(items)
+    return list(items)
+
+
 def collate_with_meta(samples: list, meta: dict) -> tuple:
-    """Collate ``[(image, text), ...]`` into ``(images, texts, meta)``; ``(None, None, meta)`` if empty."""
+    """Collate ``[(image, text), ...]`` into ``(images, texts, meta)``; ``(None, None, meta)`` if empty.
+
+    The transform and tokenizer may return anything (3.3 accepts any callables): see ``collate_field``.
+    """
     if not samples:
         return None, None, meta
-    images, texts = default_collate(samples)
-    return images, texts, meta
+    images, texts = zip(*samples)
+    return collate_field(list(images)), collate_field(list(texts)), meta
 
 
 def _next_batch(batches: Iterator) -> tuple | None:

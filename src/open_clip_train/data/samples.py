@@ -83,11 +83,20 @@ def make_pair(
     transform: Callable | None,
     tokenizer: Callable | None,
     what: str = "",
+    caption_as_list: bool = True,
 ) -> tuple[Any, Any]:
-    """Apply the image transform and the tokenizer (row 0 of its output); failures -> ``transform_error``."""
+    """Apply the image transform and the tokenizer (row 0 of its output); failures -> ``transform_error``.
+
+    Both may be any callables, as in 3.3. The tokenizer gets ``[caption]`` (3.3's CSV dataset) or,
+    with ``caption_as_list=False``, the caption string itself (3.3's WebDataset and synthetic data):
+    a custom tokenizer such as ``lambda t: [t.strip()]`` sees exactly what 3.3 gave it.
+    """
     try:
         image_out = transform(image) if transform is not None else image
-        text_out = tokenizer([caption])[0] if tokenizer is not None else caption
+        if tokenizer is None:
+            text_out = caption
+        else:
+            text_out = tokenizer([caption] if caption_as_list else caption)[0]
     except Exception as exc:
         raise BadSample(TRANSFORM_ERROR, f"{what}: {exc!r}") from None
     return image_out, text_out

@@ -54,7 +54,9 @@ class SyntheticDataset(Dataset):
     def load_sample(self, idx: int) -> tuple[Any, Any]:
         if not 0 <= idx < self.dataset_size:
             raise IndexError(f"index {idx} out of range for {self.dataset_size} synthetic samples")
-        return make_pair(self.image, self.caption, self.transform, self.preprocess_txt, f"synthetic {idx}")
+        return make_pair(
+            self.image, self.caption, self.transform, self.preprocess_txt, f"synthetic {idx}", caption_as_list=False
+        )
 
     def __getitem__(self, idx: int) -> tuple[Any, Any]:
         return self.load_sample(idx)

@@ -169,7 +169,7 @@ class WdsStream(IterableDataset):
             caption = caption_from_bytes(raw[CAPTION_EXT], what)
             image = image_from_bytes(raw[image_ext], what)
             with sample_rng(derive_seed("sample", self.seed, epoch, self.rank, stream, index)):
-                pair = make_pair(image, caption, self.preprocess, self.tokenizer, what)
+                pair = make_pair(image, caption, self.preprocess, self.tokenizer, what, caption_as_list=False)
         except BadSample as exc:
             counter.add_bad(exc.kind, exc.detail)
             return None
