@@ -59,15 +59,28 @@ def check_image(img: Any) -> None:
 
 
 class CheckedCompose(Compose):
-    """torchvision `Compose` that validates its input (see `check_image`) before the first step.
+    """torchvision `Compose` that validates the image (see `check_image`) right before the step it
+    was built with as its first one.
 
-    It is a `Compose` subclass with the same `.transforms` list, so code that indexes the steps
-    (e.g. `preprocess.transforms[-1].mean`) keeps working.
+    It is a `Compose` subclass with the same `.transforms` list, so code that indexes or edits the
+    steps keeps working: steps a user inserts in front (e.g. `transforms.insert(0, ToPILImage())`
+    to feed numpy arrays, as works in 3.3) run first, and the check applies to what they produce.
     """
 
+    # Pipelines pickled before this attribute existed check before whatever step comes first.
+    _checked_step: Any = None
+
+    def __init__(self, transforms: Sequence[Any]):
+        super().__init__(transforms)
+        self._checked_step = self.transforms[0] if self.transforms else None
+
     def __call__(self, img: Any) -> Any:
-        check_image(img)
-        return super().__call__(img)
+        checked = self._checked_step
+        for position, step in enumerate(self.transforms):
+            if step is checked or (checked is None and position == 0):
+                check_image(img)
+            img = step(img)
+        return img
 
 
 def _image_hw(img: Any) -> tuple[int, int]:
