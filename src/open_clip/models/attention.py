@@ -1,13 +1,13 @@
 """Attention blocks and the plain transformer stack of the native towers.
 
-Owns: ``multihead_attention`` (SDPA-backed attention over ``nn.MultiheadAttention``-style packed
-weights), the custom ``Attention`` module, ``AttentionalPooler``, ``ResidualAttentionBlock``,
+Owns the custom ``Attention`` module, ``AttentionalPooler``, ``ResidualAttentionBlock``,
 ``CustomResidualAttentionBlock``, ``Transformer`` / ``CustomTransformer`` and
 ``build_causal_mask``.
 
-The default block keeps an ``nn.MultiheadAttention`` as a parameter container, so parameter names
-(``attn.in_proj_weight``, ``attn.out_proj.*``) and the seeded initialisation equal 3.3, but its
-forward runs ``F.scaled_dot_product_attention`` directly on those weights.
+The default block calls its ``nn.MultiheadAttention`` exactly as 3.3 does, so hooks on it, wrappers
+and LoRA layers see and change the computation, and its outputs are 3.3's bit for bit. The towers'
+fast paths instead hand blocks packed tokens (``token_layout``; see ``packed_tokens``), which they
+only do when ``Transformer.can_pack_tokens`` finds nothing observing or overriding the stack.
 """
 
 import math
@@ -21,11 +21,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..utils import feature_take_indices
 from .layers import LayerNorm, LayerNormFp32, LayerScale
+from .observers import has_user_hooks, runs_as_defined
+from .packed_tokens import TokenLayout, fused_attention, sequence_first_attention, with_scratch
+from .row_stable import linear_rows
 
 __all__ = [
     "build_causal_mask",
-    "has_hooks",
-    "multihead_attention",
     "Attention",
     "AttentionalPooler",
     "ResidualAttentionBlock",
@@ -41,92 +42,6 @@ def build_causal_mask(num_pos: int) -> torch.Tensor:
     mask.fill_(float("-inf"))
     mask.triu_(1)
     return mask
-
-
-def multihead_attention(
-    q_x: torch.Tensor,
-    k_x: Optional[torch.Tensor],
-    v_x: Optional[torch.Tensor],
-    in_proj_weight: torch.Tensor,
-    in_proj_bias: Optional[torch.Tensor],
-    out_proj_weight: torch.Tensor,
-    out_proj_bias: Optional[torch.Tensor],
-    num_heads: int,
-    attn_mask: Optional[torch.Tensor] = None,
-    dropout_p: float = 0.0,
-) -> torch.Tensor:
-    """Batch-first multi-head attention with packed q/k/v weights (``nn.MultiheadAttention``
-    layout) computed by ``F.scaled_dot_product_attention``.
-
-    Args:
-        q_x: queries (B, Lq, C). k_x / v_x: keys / values (B, Lk, C), None → self-attention.
-        attn_mask: additive float mask (Lq, Lk) or (B*H, Lq, Lk) (row b*H + h), or None.
-
-    Returns:
-        (B, Lq, C)
-    """
-    batch, len_q, width = q_x.shape
-    head_dim = width // num_heads
-    if k_x is None or v_x is None:
-        # one fused projection for self-attention
-        qkv = F.linear(q_x, in_proj_weight, in_proj_bias)
-        qkv = qkv.view(batch, len_q, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, L, hd)
-        len_k = len_q
-    else:
-        w_q, w_k, w_v = in_proj_weight.chunk(3)
-        b_q: Optional[torch.Tensor] = None
-        b_k: Optional[torch.Tensor] = None
-        b_v: Optional[torch.Tensor] = None
-        if in_proj_bias is not None:
-            b_q, b_k, b_v = in_proj_bias.chunk(3)
-        len_k = k_x.shape[1]
-        q = F.linear(q_x, w_q, b_q).view(batch, len_q, num_heads, head_dim).transpose(1, 2)
-        k = F.linear(k_x, w_k, b_k).view(batch, len_k, num_heads, head_dim).transpose(1, 2)
-        v = F.linear(v_x, w_v, b_v).view(batch, len_k, num_heads, head_dim).transpose(1, 2)
-    if attn_mask is not None and attn_mask.dim() == 3:
-        attn_mask = attn_mask.view(batch, num_heads, len_q, len_k)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-    out = out.transpose(1, 2).reshape(batch, len_q, width)  # (B, L, C)
-    return F.linear(out, out_proj_weight, out_proj_bias)
-
-
-def _attend_selected(
-    q_x: torch.Tensor,
-    kv_x: torch.Tensor,
-    in_proj_weight: torch.Tensor,
-    in_proj_bias: Optional[torch.Tensor],
-    out_proj_weight: torch.Tensor,
-    out_proj_bias: Optional[torch.Tensor],
-    num_heads: int,
-    attn_mask: Optional[torch.Tensor],
-    dropout_p: float,
-) -> torch.Tensor:
-    """Self-attention of a few query tokens ``q_x`` (B, Lq, C) of a sequence ``kv_x`` (B, L, C),
-    with packed weights: one projection for the queries, one fused projection for keys and values.
-    ``attn_mask``: additive, broadcastable to (B, H, Lq, L), or None. Returns (B, Lq, C)."""
-    batch, len_q, width = q_x.shape
-    length = kv_x.shape[1]
-    head_dim = width // num_heads
-    q_bias: Optional[torch.Tensor] = None
-    kv_bias: Optional[torch.Tensor] = None
-    if in_proj_bias is not None:
-        q_bias, kv_bias = in_proj_bias[:width], in_proj_bias[width:]
-    q = F.linear(q_x, in_proj_weight[:width], q_bias).view(batch, len_q, num_heads, head_dim).transpose(1, 2)
-    kv = F.linear(kv_x, in_proj_weight[width:], kv_bias)
-    k, v = kv.view(batch, length, 2, num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-    out = out.transpose(1, 2).reshape(batch, len_q, width)
-    return F.linear(out, out_proj_weight, out_proj_bias)
-
-
-def has_hooks(module: nn.Module, recurse: bool = True) -> bool:
-    """Whether ``module`` (and, with ``recurse``, any submodule) has forward or backward hooks:
-    shortcuts that skip or reshape a module's call must not change what its hooks observe."""
-    modules = module.modules() if recurse else (module,)
-    return any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules
-    )
 
 
 class Attention(nn.Module):
@@ -298,55 +213,13 @@ class ResidualAttentionBlock(nn.Module):
         v_x: Optional[torch.Tensor] = None,
         attn_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
+        # Self-attention passes the very same tensor three times: nn.MultiheadAttention only takes
+        # its fused inference path for `query is key is value`.
+        k_x = k_x if k_x is not None else q_x
+        v_x = v_x if v_x is not None else q_x
         # 3.3 casts any mask to the activation dtype: masks are additive (a bool mask becomes 0/1)
         attn_mask = attn_mask.to(q_x.dtype) if attn_mask is not None else None
-        batch_first = self.attn.batch_first
-        if not batch_first:
-            q_x = q_x.transpose(0, 1)
-            k_x = k_x.transpose(0, 1) if k_x is not None else None
-            v_x = v_x.transpose(0, 1) if v_x is not None else None
-        out = multihead_attention(
-            q_x,
-            k_x,
-            v_x,
-            self.attn.in_proj_weight,
-            self.attn.in_proj_bias,
-            self.attn.out_proj.weight,
-            self.attn.out_proj.bias,
-            self.attn.num_heads,
-            attn_mask,
-            self.attn.dropout if self.training else 0.0,
-        )
-        return out if batch_first else out.transpose(0, 1)
-
-    def forward_at(
-        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """``forward(x)`` at one position per row only: (B, 1, C), row b taken at ``positions[b]``.
-
-        Every position still provides keys and values, but only the selected queries go through
-        attention, ``out_proj`` and the MLP. Self-attention, batch-first blocks; ``attn_mask`` None
-        or 2-D (L, L) (its selected rows are used)."""
-        batch, length, width = x.shape
-        rows = torch.arange(batch, device=x.device)
-        h = self.ln_1(x)
-        q_h = h[rows, positions].unsqueeze(1)  # (B, 1, C)
-        mask: Optional[torch.Tensor] = None
-        if attn_mask is not None:
-            mask = attn_mask.to(x.dtype)[positions].view(batch, 1, 1, length)
-        out = _attend_selected(
-            q_h,
-            h,
-            self.attn.in_proj_weight,
-            self.attn.in_proj_bias,
-            self.attn.out_proj.weight,
-            self.attn.out_proj.bias,
-            self.attn.num_heads,
-            mask,
-            self.attn.dropout if self.training else 0.0,
-        )
-        y = x[rows, positions].unsqueeze(1) + self.ls_1(out)
-        return y + self.ls_2(self.mlp(self.ln_2(y)))
+        return self.attn(q_x, k_x, v_x, need_weights=False, attn_mask=attn_mask)[0]
 
     def forward(
         self,
@@ -354,7 +227,11 @@ class ResidualAttentionBlock(nn.Module):
         k_x: Optional[torch.Tensor] = None,
         v_x: Optional[torch.Tensor] = None,
         attn_mask: Optional[torch.Tensor] = None,
+        token_layout: Optional[TokenLayout] = None,
     ) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if token_layout is not None:
+                return self._forward_tokens(q_x, token_layout, attn_mask)
         if hasattr(self, "ln_1_kv") and k_x is not None and v_x is not None:
             k_x = self.ln_1_kv(k_x)
             v_x = self.ln_1_kv(v_x)
@@ -364,6 +241,49 @@ class ResidualAttentionBlock(nn.Module):
         x = q_x + self.ls_1(self.attention(self.ln_1(q_x), k_x, v_x, attn_mask))
         x = x + self.ls_2(self.mlp(self.ln_2(x)))
         return x
+
+    @torch.jit.unused
+    def _forward_tokens(
+        self, x: torch.Tensor, layout: TokenLayout, attn_mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """``forward`` on the packed tokens ``x`` (T, C) of ``layout`` (self-attention, batch-first):
+        returns (Q, C), this block's outputs at the layout's query tokens, equal bit for bit to
+        the same tokens of ``forward`` on the whole batch."""
+        h = self.ln_1(x)
+        if layout.fused:
+            out = fused_attention(self.attn, h, layout)
+        else:
+            out = sequence_first_attention(self.attn, h, layout, attn_mask)
+        if layout.query_rows is not None:
+            x = x[layout.query_rows]
+        x = x + self.ls_1(out)
+        reference = layout.batch * layout.length  # rows of the plain forward's MLP products
+        mlp = self.mlp
+        y = linear_rows(self.ln_2(x), mlp.c_fc.weight, mlp.c_fc.bias, reference)
+        y = linear_rows(mlp.gelu(y), mlp.c_proj.weight, mlp.c_proj.bias, reference)
+        return x + self.ls_2(y)
+
+    @torch.jit.unused
+    def can_pack_tokens(self) -> bool:
+        """Whether ``_forward_tokens`` computes what ``forward`` would, unobserved: a plain
+        self-attention block whose every submodule runs its own class's ``forward``, hook-free."""
+        attn = self.attn
+        mlp = self.mlp
+        return (
+            runs_as_defined(self, ResidualAttentionBlock)
+            and not hasattr(self, "ln_1_kv")
+            and runs_as_defined(attn, nn.MultiheadAttention)
+            and attn.batch_first
+            and attn._qkv_same_embed_dim
+            and attn.bias_k is None
+            and attn.bias_v is None
+            and not attn.add_zero_attn
+            and runs_as_defined(mlp, nn.Sequential)
+            and list(mlp._modules) == ["c_fc", "gelu", "c_proj"]
+            and runs_as_defined(mlp.c_fc, nn.Linear)
+            and runs_as_defined(mlp.c_proj, nn.Linear)
+            and not any(has_user_hooks(m) or "forward" in m.__dict__ for m in self.modules())
+        )
 
 
 class CustomResidualAttentionBlock(nn.Module):
@@ -487,7 +407,17 @@ class Transformer(nn.Module):
             return checkpoint(block, x, use_reentrant=False, **kwargs)
         return block(x, **kwargs)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: Optional[torch.Tensor] = None,
+        token_layout: Optional[TokenLayout] = None,
+    ) -> torch.Tensor:
+        """Run the blocks over x (B, L, C) (or packed tokens (T, C) of ``token_layout``, returning the
+        last block's query tokens (Q, C); only when ``can_pack_tokens``)."""
+        if not torch.jit.is_scripting():
+            if token_layout is not None:
+                return self._forward_tokens(x, attn_mask, token_layout)
         if not self.batch_first:
             x = x.transpose(0, 1).contiguous()  # (L, B, D)
         for r in self.resblocks:
@@ -500,32 +430,31 @@ class Transformer(nn.Module):
         return x
 
     @torch.jit.unused
-    def forward_at(
-        self, x: torch.Tensor, positions: torch.Tensor, attn_mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """``forward(x)[arange(B), positions]`` as (B, 1, C), computing the last block only where it
-        is read: for towers that pool one token per row, the last block's other queries, attention
-        outputs and MLP rows are never used. Falls back to the full stack (then a gather) for custom
-        or cross-attention last blocks, 3-D masks, sequence-first stacks, and when the stack itself
-        or its last block has hooks (called normally then, so the hooks see full outputs)."""
-        last = self.resblocks[-1] if len(self.resblocks) else None
-        selective = (
-            isinstance(last, ResidualAttentionBlock)
-            and not hasattr(last, "ln_1_kv")
+    def _forward_tokens(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], layout: TokenLayout) -> torch.Tensor:
+        layout = with_scratch(layout, x)
+        # Every block but the last returns all packed tokens: later blocks need their keys/values.
+        all_tokens = layout._replace(query_rows=None)
+        last = len(self.resblocks) - 1
+        if last < 0:
+            return x if layout.query_rows is None else x[layout.query_rows]
+        for i, block in enumerate(self.resblocks):
+            block_layout = layout if i == last else all_tokens
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, attn_mask=attn_mask, token_layout=block_layout, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask, token_layout=block_layout)
+        return x
+
+    @torch.jit.unused
+    def can_pack_tokens(self) -> bool:
+        """Whether the towers may hand this stack packed tokens: a batch-first stack of plain
+        default blocks that nothing observes or overrides (see ``ResidualAttentionBlock.can_pack_tokens``)."""
+        return (
+            runs_as_defined(self, Transformer)
             and self.batch_first
-            and last.attn.batch_first
-            and (attn_mask is None or attn_mask.dim() == 2)
-            and not has_hooks(self, recurse=False)
-            and not has_hooks(last)
+            and len(self.resblocks) > 0
+            and all(isinstance(b, ResidualAttentionBlock) and b.can_pack_tokens() for b in self.resblocks)
         )
-        if not selective:
-            x = self(x, attn_mask=attn_mask)
-            return x[torch.arange(x.shape[0], device=x.device), positions].unsqueeze(1)
-        for block in self.resblocks[:-1]:
-            x = self.run_block(block, x, attn_mask=attn_mask)
-        if self.grad_checkpointing:
-            return checkpoint(last.forward_at, x, positions, attn_mask, use_reentrant=False)
-        return last.forward_at(x, positions, attn_mask)
 
     def forward_intermediates(
         self,

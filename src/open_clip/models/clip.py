@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .causal_text import CausalTextEncoder, text_global_pool
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
 from .modified_resnet import ModifiedResNet
-from .text_early_stop import encode_pooled_text_in_buckets, text_pool_positions
-from .text_transformer import TextTransformer, lock_text_tower, text_global_pool, trim_text_for_pooling
+from .text_transformer import TextTransformer, lock_text_tower
 from .vision_transformer import VisionTransformer
 
 
@@ -398,7 +398,7 @@ class _TwoTowerModel(nn.Module):
         return out
 
 
-class CLIP(_TwoTowerModel):
+class CLIP(CausalTextEncoder, _TwoTowerModel):
     """CLIP with a native text tower whose parts live at top level (3.3's state-dict layout).
 
     Args mirror the model-config JSON: `embed_dim`, `vision_cfg`, `text_cfg`, `quick_gelu`,
@@ -408,6 +408,8 @@ class CLIP(_TwoTowerModel):
     is the image tower's counterpart).
     """
     output_dict: torch.jit.Final[bool]
+    text_early_stop = True  # class default: models pickled by 3.3 lack the instance attribute
+    _early_stop_attribute = 'text_early_stop'
 
     def __init__(
             self,
@@ -466,59 +468,9 @@ class CLIP(_TwoTowerModel):
             return x @ self.text_projection
         return self.text_projection(x)
 
-    def _encode_text_group(self, text: torch.Tensor, embedded: Optional[torch.Tensor] = None) -> torch.Tensor:
-        n = text.shape[1]
-        attn_mask = self.attn_mask
-        if attn_mask is not None:
-            attn_mask = attn_mask[:n, :n]
-        cast_dtype = self.transformer.get_cast_dtype()
-        if embedded is None:
-            embedded = self.token_embedding(text)
-        x = embedded.to(cast_dtype)  # (B, n, W)
-        x = x + self.positional_embedding[:n].to(cast_dtype)
-        x = self.transformer(x, attn_mask=attn_mask)
-        x = self.ln_final(x)
-        x = text_global_pool(x, text, self.text_pool_type, eos_token_id=self.text_eos_id)
-        return self._project_text(x)
-
-    @torch.jit.unused
-    def _encode_text_group_pooled_only(self, text: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        # Like _encode_text_group, but the last block runs at each row's pooled position only.
-        positions = text_pool_positions(text, self.text_pool_type, self.text_eos_id)
-        if positions is None:
-            return self._encode_text_group(text, embedded)
-        n = text.shape[1]
-        cast_dtype = self.transformer.get_cast_dtype()
-        x = embedded.to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)
-        attn_mask = self.attn_mask[:n, :n] if self.attn_mask is not None else None
-        x = self.transformer.forward_at(x, positions, attn_mask)[:, 0]
-        return self._project_text(self.ln_final(x))
-
-    @torch.jit.unused
-    def _encode_text_buckets(self, text: torch.Tensor) -> torch.Tensor:
-        # one embedding lookup for the whole batch: one embedding gradient in training, not one per group
-        text = trim_text_for_pooling(text, self.text_pool_type, self.text_eos_id, causal=True)
-        return encode_pooled_text_in_buckets(
-            text,
-            self._encode_text_group_pooled_only,
-            self.text_pool_type,
-            self.text_eos_id,
-            width=self.transformer.width,
-            token_features=self.token_embedding(text),
-        )
-
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Text embeddings (B, embed_dim) of token ids (B, context_length); L2-normalised if `normalize`."""
-        # Causal tower: positions after each row's pooled token cannot affect it, so they are skipped
-        # (rows grouped by length, results in input order), and the last block runs at the pooled
-        # token only; exact, and off with `text_early_stop = False`.
-        early_stop = self.text_early_stop and self.attn_mask is not None and not torch.jit.is_tracing()
-        if early_stop and not torch.jit.is_scripting():
-            x = self._encode_text_buckets(text)
-        else:
-            if early_stop:
-                text = trim_text_for_pooling(text, self.text_pool_type, self.text_eos_id, causal=True)
-            x = self._encode_text_group(text)
+        x = self._project_text(self._pooled_text(text, self.text_pool_type, self.text_eos_id))
         return F.normalize(x, dim=-1) if normalize else x
 
     def _text_intermediates(self, text: torch.Tensor, indices, stop_early: bool, normalize_intermediates: bool,

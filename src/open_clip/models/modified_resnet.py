@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import feature_take_indices, freeze_batch_norm_2d
+from .observers import capturing_graph
+from .row_stable import linear_rows
 
 __all__ = ["Bottleneck", "AttentionPool2d", "ModifiedResNet"]
 
@@ -56,6 +58,13 @@ class Bottleneck(nn.Module):
         return self.act3(out)
 
 
+def _heads_view(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, B, C) -> (B, H, N, C // H) with the strides ``F.multi_head_attention_forward`` uses."""
+    length, batch, channels = x.shape
+    head_dim = channels // heads
+    return x.view(length, batch * heads, head_dim).transpose(0, 1).view(batch, heads, length, head_dim)
+
+
 class AttentionPool2d(nn.Module):
     """Multi-head attention of the spatial-mean token over all (mean + spatial) tokens."""
 
@@ -69,18 +78,62 @@ class AttentionPool2d(nn.Module):
         self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if not capturing_graph():
+                return self._forward_mean_query(x)
+        return self._forward_all_queries(x)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[0], x.shape[1]
-        x = x.reshape(batch, channels, -1).permute(0, 2, 1)  # (B, HW, C)
-        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, HW+1, C)
-        x = x + self.positional_embedding.to(x.dtype)
-        heads, head_dim = self.num_heads, channels // self.num_heads
-        # only the mean token's output is used, so only its query is computed
-        q = self.q_proj(x[:, :1]).view(batch, 1, heads, head_dim).transpose(1, 2)  # (B, H, 1, hd)
-        k = self.k_proj(x).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, H, N, hd)
-        v = self.v_proj(x).view(batch, -1, heads, head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, hd)
-        out = out.transpose(1, 2).reshape(batch, channels)
-        return self.c_proj(out)  # (B, output_dim)
+        x = x.reshape(batch, channels, -1).permute(2, 0, 1)  # (HW, B, C): 3.3's sequence-first layout
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (N, B, C), N = HW + 1
+        return x + self.positional_embedding[:, None, :].to(x.dtype)
+
+    def _forward_all_queries(self, x: torch.Tensor) -> torch.Tensor:
+        """3.3's computation (every token queries; row 0 kept): what scripts and graphs capture."""
+        x = self._tokens(x)
+        out, _ = F.multi_head_attention_forward(
+            query=x,
+            key=x,
+            value=x,
+            embed_dim_to_check=x.shape[-1],
+            num_heads=self.num_heads,
+            q_proj_weight=self.q_proj.weight,
+            k_proj_weight=self.k_proj.weight,
+            v_proj_weight=self.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=self.c_proj.weight,
+            out_proj_bias=self.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=self.training,
+            need_weights=False,
+        )
+        return out[0]
+
+    @torch.jit.unused
+    def _forward_mean_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The same bits, projecting only the mean token's query and output rows (the only ones
+        read); attention keeps the full query grid (zeros elsewhere) so that its kernels round as
+        in the full computation."""
+        batch, channels = x.shape[0], x.shape[1]
+        heads = self.num_heads
+        x = self._tokens(x)
+        length = x.shape[0]
+        reference = length * batch  # rows of the full computation's projections
+        q = linear_rows(x[0], self.q_proj.weight, self.q_proj.bias, reference)  # (B, C)
+        k = F.linear(x, self.k_proj.weight, self.k_proj.bias)
+        v = F.linear(x, self.v_proj.weight, self.v_proj.bias)
+        queries = torch.cat([q.unsqueeze(0), q.new_zeros(length - 1, batch, channels)])
+        out = F.scaled_dot_product_attention(
+            _heads_view(queries, heads), _heads_view(k, heads), _heads_view(v, heads)
+        )
+        out = out[:, :, 0].reshape(batch, channels)  # the mean token, heads concatenated
+        return linear_rows(out, self.c_proj.weight, self.c_proj.bias, reference)  # (B, output_dim)
 
 
 class ModifiedResNet(nn.Module):

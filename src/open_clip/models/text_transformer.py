@@ -1,13 +1,8 @@
-"""The native text transformer tower (``TextTransformer``), its pooling helper
-``text_global_pool``, ``lock_text_tower`` and the exact early-stop helpers.
+"""The native text transformer tower (``TextTransformer``) and ``lock_text_tower``.
 
-Early stop (beyond 3.3, helpers in ``text_early_stop``): in a causal tower the output at
-position j depends only on positions <= j, so when the pooled position of every row is known from
-the tokens (``argmax`` / ``eos`` pooling) later positions are not computed. In eager mode the rows
-are also grouped by length automatically (each group trimmed to its own longest row, input order
-restored); scripted / traced towers trim the whole batch only. Exact and on by default where it
-applies; ``tower.early_stop = False`` turns it off, ``tower.early_stop_buckets`` picks the grouping
-(0 = automatic, 1 = trim only, k > 1 = k equal-count groups).
+The standard configuration (no class token, no padding mask) encodes through
+``CausalTextEncoder``, the same path as ``CLIP.encode_text``, including its exact early stop
+(``tower.early_stop = False`` turns it off).
 """
 
 from typing import Optional, Union
@@ -16,60 +11,24 @@ import torch
 from torch import nn
 
 from .attention import Transformer, build_causal_mask
+from .causal_text import CausalTextEncoder, text_global_pool, text_pool_positions
 from .layers import LayerNorm
-from .text_early_stop import (
-    encode_pooled_text_in_buckets,
-    text_pool_positions,
-    trim_text_for_pooling,
-)
 
-__all__ = [
-    "TextTransformer",
-    "text_global_pool",
-    "text_pool_positions",
-    "trim_text_for_pooling",
-    "encode_pooled_text_in_buckets",
-    "lock_text_tower",
-]
+__all__ = ["TextTransformer", "text_global_pool", "text_pool_positions", "lock_text_tower"]
 
 _POOL_TYPES = ("first", "last", "argmax", "eos", "none")
 
 
-def text_global_pool(
-    x: torch.Tensor,
-    text: Optional[torch.Tensor] = None,
-    pool_type: str = "argmax",
-    eos_token_id: Optional[int] = None,
-) -> torch.Tensor:
-    """Pool token features x [B, L, D] to [B, D]: ``first``, ``last``, ``argmax`` (position of the
-    largest token id), ``eos`` (first ``eos_token_id``); any other type returns x unchanged."""
-    if pool_type == "first":
-        return x[:, 0]
-    if pool_type == "last":
-        return x[:, -1]
-    if pool_type == "argmax":
-        assert text is not None
-        return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
-    if pool_type == "eos":
-        assert text is not None
-        assert eos_token_id is not None
-        idx = (text == eos_token_id).int().argmax(dim=-1)
-        return x[torch.arange(x.shape[0], device=x.device), idx]
-    return x
-
-
-class TextTransformer(nn.Module):
+class TextTransformer(CausalTextEncoder, nn.Module):
     """Text tower: token + position embeddings, (causal) transformer, ``ln_final``, pooling and
     projection, with 3.3's parameter layout and seeded initialisation.
 
     Returns pooled [B, output_dim] (or ``(pooled, tokens)`` with ``output_tokens``).
-    Attribute ``early_stop`` (default True) enables the exact early stop; ``early_stop_buckets``
-    (0 = automatic length groups, default; 1 = trim only; k > 1 = k groups) picks the grouping and
-    ``early_stop_group_cost`` the automatic planner's per-group cost in token-equivalents (None:
-    the device default).
+    Attribute ``early_stop`` (default True) enables the exact early stop.
     """
 
     output_tokens: torch.jit.Final[bool]
+    early_stop = True  # class default: towers pickled by 3.3 lack the instance attribute
 
     def __init__(
         self,
@@ -115,8 +74,6 @@ class TextTransformer(nn.Module):
         self.use_pad_mask = use_pad_mask and no_causal_mask
         self.correct_cls_mask = correct_cls_mask
         self.early_stop = True
-        self.early_stop_buckets = 0  # 0: automatic length groups (eager); 1: trim only
-        self.early_stop_group_cost: Optional[float] = None  # None: device default (text_early_stop)
 
         # creation order = RNG consumption order of 3.3 (spec 02 §6.1, §12)
         self.token_embedding = nn.Embedding(vocab_size, width)
@@ -230,15 +187,6 @@ class TextTransformer(nn.Module):
         x = x + self.positional_embedding[:seq_len].to(cast_dtype)
         return x, attn_mask
 
-    def _can_early_stop(self) -> bool:
-        return (
-            self.early_stop
-            and not self.output_tokens
-            and self.cls_emb is None
-            and self.attn_mask is not None
-            and (self.pool_type == "argmax" or self.pool_type == "eos")
-        )
-
     def _pool_and_project(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cls_emb is not None:
             # CLS token is last: final LN after pooling; tokens are not normalised
@@ -258,41 +206,9 @@ class TextTransformer(nn.Module):
             return self.text_projection(pooled)  # nn.Linear (proj_bias=True)
         return pooled
 
-    @torch.jit.unused
-    def _encode_pooled(self, text: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
-        """Pooled features of an early-stop group (``_can_early_stop``: causal mask, no CLS, no pad
-        mask) from its token embeddings; the last block runs at each row's pooled position only."""
-        n = text.shape[1]
-        cast_dtype = self.transformer.get_cast_dtype()
-        x = embedded.to(cast_dtype) + self.positional_embedding[:n].to(cast_dtype)
-        attn_mask = self.attn_mask[:n, :n] if self.attn_mask is not None else None
-        positions = text_pool_positions(text, self.pool_type, self.eos_id)
-        if positions is None:
-            pooled, _ = self._pool_and_project(self.transformer(x, attn_mask=attn_mask), text)
-            return pooled
-        x = self.transformer.forward_at(x, positions, attn_mask)[:, 0]
-        return self._project(self.ln_final(x))
-
-    @torch.jit.unused
-    def _forward_bucketed(self, text: torch.Tensor) -> torch.Tensor:
-        """Encode length groups separately (each trimmed), then restore the row order."""
-        text = trim_text_for_pooling(text, self.pool_type, self.eos_id, causal=True)
-        return encode_pooled_text_in_buckets(
-            text,
-            self._encode_pooled,
-            self.pool_type,
-            self.eos_id,
-            max_groups=self.early_stop_buckets,
-            width=self.width,
-            group_cost=self.early_stop_group_cost,
-            token_features=self.token_embedding(text),
-        )
-
     def forward(self, text: torch.Tensor):
-        if self._can_early_stop():
-            if not torch.jit.is_scripting() and not torch.jit.is_tracing() and self.early_stop_buckets != 1:
-                return self._forward_bucketed(text)
-            text = trim_text_for_pooling(text, self.pool_type, self.eos_id, causal=True)
+        if self.cls_emb is None and not self.use_pad_mask and not self.output_tokens:
+            return self._project(self._pooled_text(text, self.pool_type, self.eos_id))
         x, attn_mask = self._embeds(text)
         x = self.transformer(x, attn_mask=attn_mask)  # (B, S, W)
         pooled, tokens = self._pool_and_project(x, text)

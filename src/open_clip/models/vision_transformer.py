@@ -8,7 +8,10 @@ from torch import nn
 
 from ..utils import to_2tuple
 from .attention import AttentionalPooler, Transformer
+from .causal_text import row_wise_norm
 from .layers import LayerNorm, PatchDropout
+from .observers import capturing_graph, global_user_hooks
+from .packed_tokens import mha_uses_fused_path, pooled_token_layout
 from .pos_embed import get_2d_sincos_pos_embed
 
 __all__ = ["VisionTransformer"]
@@ -24,11 +27,13 @@ class VisionTransformer(nn.Module):
 
     Returns ``pooled`` [B, output_dim] (or ``(pooled, tokens)`` with ``output_tokens``).
     When only the class token is pooled (``pool_type='tok'``, no attentional pooler, no
-    ``output_tokens``) the last block runs for that token alone (exact: no other output of the
-    last block is read); ``last_block_pooled_only = False`` runs it over every token.
+    ``output_tokens``) the last block's attention output, MLP and ``ln_post`` run for that token
+    alone (no other output of the last block is read; on CPU float32 the result is the full
+    forward's bit for bit); ``last_block_pooled_only = False`` runs it over every token.
     """
 
     output_tokens: torch.jit.Final[bool]
+    last_block_pooled_only = True  # class default: towers pickled by 3.3 lack the instance attribute
 
     def __init__(
         self,
@@ -214,25 +219,34 @@ class VisionTransformer(nn.Module):
         return self.ln_pre(x)
 
     @torch.jit.unused
-    def _pools_class_token_only(self) -> bool:
-        return (
-            getattr(self, "last_block_pooled_only", True)  # towers pickled before the attribute existed
+    def _class_token_only(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The class token's output of the last block (B, W), computing that block's attention
+        output and MLP for it alone; None where that does not apply (other pooling, observers)."""
+        if not (
+            self.last_block_pooled_only
             and not self.output_tokens
             and self.pool_type == "tok"
             and self.attn_pool is None
-        )
-
-    @torch.jit.unused
-    def _transformer_class_token(self, x: torch.Tensor) -> torch.Tensor:
-        positions = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return self.transformer.forward_at(x, positions)  # (B, 1, W): the class token
+            and not capturing_graph()
+            and row_wise_norm(self.ln_post)
+            and self.transformer.can_pack_tokens()
+            and not global_user_hooks()
+        ):
+            return None
+        batch, length, width = x.shape
+        # The plain forward's attention takes torch's fused inference path when it can: so do we.
+        fused = mha_uses_fused_path(self.transformer.resblocks[0].attn, x, float_mask=False)
+        layout = pooled_token_layout(batch, length, 0, x.device, fused)
+        return self.transformer(x.reshape(batch * length, width), token_layout=layout)
 
     def forward(self, x: torch.Tensor):
         x = self._embed(x)
-        if not torch.jit.is_scripting() and self._pools_class_token_only():
-            x = self._transformer_class_token(x)
-        else:
-            x = self.transformer(x)
+        if not torch.jit.is_scripting():
+            class_token = self._class_token_only(x)
+            if class_token is not None:
+                pooled = self.ln_post(class_token)
+                return pooled @ self.proj if self.proj is not None else pooled
+        x = self.transformer(x)
         pooled, tokens = self._pool(x)
         if self.proj is not None:
             pooled = pooled @ self.proj
