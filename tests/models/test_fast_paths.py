@@ -426,3 +426,62 @@ def test_compile_fullgraph_over_varied_lengths():
         for seed in (1, 2):
             text = random_text(4, seed=seed, full_row=False)
             torch.testing.assert_close(compiled(text), model.encode_text(text), atol=1e-6, rtol=0)
+
+
+def test_onnx_export_of_encode_text(tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = make_clip(CLIP).eval()
+    path = tmp_path / "text.onnx"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(
+        _EncodeText(model), (random_text(3, seed=8),), str(path), dynamo=True, dynamic_shapes=({0: batch},)
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    text = random_text(5, seed=9, full_row=False)
+    (out,) = session.run(None, {session.get_inputs()[0].name: text.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), model.encode_text(text), atol=1e-5, rtol=0)
+
+
+FSDP_SCRIPT = """
+import copy, os, sys
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from open_clip.models import attention
+from open_clip.models.clip import CLIP
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+dist.init_process_group("gloo", rank=0, world_size=1)
+packed = []
+original = attention.ResidualAttentionBlock._forward_tokens
+attention.ResidualAttentionBlock._forward_tokens = lambda self, *a: packed.append(1) or original(self, *a)
+torch.manual_seed(0)
+vision = dict(layers=2, width=32, head_width=8, patch_size=4, image_size=16)
+model = CLIP(8, vision, dict(context_length=12, vocab_size=50, width=32, heads=4, layers=2)).eval()
+plain = copy.deepcopy(model)
+for block in [*model.transformer.resblocks, *model.visual.transformer.resblocks]:
+    fully_shard(block)
+fully_shard(model, ignored_params={model.logit_scale})
+text = torch.randint(1, 48, (3, 12)); text[:, 5] = 49
+images = torch.randn(2, 3, 16, 16)
+with torch.no_grad():
+    sharded, reference = model(images, text), plain(images, text)
+assert packed, "fast paths did not run under FSDP2"
+assert torch.equal(sharded[0], reference[0]) and torch.equal(sharded[1], reference[1])
+print("ok")
+"""
+
+
+def test_fsdp2_keeps_the_fast_paths(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "fsdp_fast_paths.py"
+    script.write_text(FSDP_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -262,6 +262,8 @@ def fused_attention(attn: nn.MultiheadAttention, h: torch.Tensor, layout: TokenL
     qkv = linear_rows(h, attn.in_proj_weight, None, reference)  # bias added below, as the fused path does
     q, k, v = torch._transform_bias_rescale_qkv(qkv.view(batch, length, 3 * width), attn.in_proj_bias, attn.num_heads)
     out = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1), v)  # (B, H, L, hd)
-    query_batch, query_pos = _query_coordinates(layout)
-    rows = out.transpose(1, 2)[query_batch, query_pos].reshape(-1, width)  # (Q, C)
+    if layout.query_rows is None:  # every token, batch-major: no gather needed
+        rows = out.transpose(1, 2).reshape(reference, width)
+    else:
+        rows = out.transpose(1, 2)[_query_coordinates(layout)].reshape(-1, width)  # (Q, C)
     return linear_rows(rows, attn.out_proj.weight, attn.out_proj.bias, reference)
