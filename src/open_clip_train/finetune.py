@@ -188,7 +188,8 @@ def _wise_ft(args, alphas, data: Folders, model, classifier: ImageClassifier, ze
         classifier.head.load_state_dict(interpolate_state_dicts(zs_head, ft_head, alpha))
         for key, loader in loaders.items():
             accs[key].append(accuracy(classifier, loader, precision=args.precision, device=device))
-        logging.info(f"WiSE-FT alpha {text}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()))
+        logging.info(f"WiSE-FT alpha {text}: " + ", ".join(f"{k.replace('ood:', 'OOD ')} {v[-1]:.4f}"
+                                                           for k, v in accs.items()))
         if master:
             save_state_dict(mixed, os.path.join(args.output, alpha_filename(text)))
     results = results_dict(alphas, accs.pop("val"), {k[len("ood:"):]: v for k, v in accs.items()})
