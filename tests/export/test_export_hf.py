@@ -130,6 +130,10 @@ def test_processor_refusal(tmp_path):
     source = source_from_model(model, cfg, open_clip.get_tokenizer("export-vit-quickgelu"), preprocess_cfg=preprocess)
     with pytest.raises(ExportError, match="resize_mode='longest'"):
         export_hf_from_source(source, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    source = source_from_model(model, cfg, open_clip.tokenizer.SimpleTokenizer(clean="whitespace"))
+    with pytest.raises(ExportError, match="tokenizer cannot be written for transformers: clean='whitespace'"):
+        export_hf_from_source(source, tmp_path / "hf")
 
 
 def test_from_hf_is_offline_and_checks_the_type(tmp_path, no_network):

@@ -63,13 +63,20 @@ def test_onnx_matches_torch(name, towers, tmp_path):
     assert onnx_info["tokenizer"]["file"] == "tokenizer.json"
 
 
-def test_onnx_verify_and_fp16(tmp_path):
-    """The built-in check reports the difference; fp16 graphs keep float32 inputs and outputs."""
+def test_onnx_verify_fp16_and_tokenizer_note(tmp_path):
+    """The built-in check reports the difference; fp16 graphs keep float32 inputs and outputs; a
+    tokenizer without a tokenizer.json equivalent is explained in the config."""
     model, cfg = build("export-vit-quickgelu", tmp_path)
-    source = source_from_model(model, cfg, open_clip.get_tokenizer("export-vit-quickgelu"))
-    result = export_onnx_from_source(source, tmp_path / "fp32", towers=("text",))
+    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=20, clean="canonicalize")
+    result = export_onnx_from_source(source_from_model(model, cfg, tokenizer), tmp_path / "fp32", towers=("text",))
     assert result.max_abs_diff["text"] <= 1e-4
-    half = export_onnx_from_source(source, tmp_path / "fp16", precision="fp16", towers=("visual",))
+    assert result.tokenizer_file is None and "clean='canonicalize'" in result.tokenizer_note
+    config = json.loads((tmp_path / "fp32" / "open_clip_config.json").read_text())
+    assert "clean='canonicalize'" in config["onnx"]["tokenizer"]["unavailable"]
+    assert not (tmp_path / "fp32" / "tokenizer.json").exists()
+
+    half = export_onnx_from_source(source_from_model(model, cfg, None), tmp_path / "fp16", precision="fp16",
+                                   towers=("visual",))
     assert 0 < half.max_abs_diff["visual"] <= 0.05  # fp16 rounding, not an exact copy of the fp32 graph
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -101,14 +108,3 @@ def test_bad_arguments_and_missing_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if the extra were not installed
     with pytest.raises(MissingExtraError, match=r"pip install 'libreclip\[onnx\]'"):
         export_onnx_from_source(source, tmp_path / "b")
-
-
-def test_no_tokenizer_is_explained(tmp_path):
-    model, cfg = build("export-vit-quickgelu", tmp_path)
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=20, clean="canonicalize")
-    result = export_onnx_from_source(source_from_model(model, cfg, tokenizer), tmp_path / "o",
-                                     verify=False, towers=("text",))
-    assert result.tokenizer_file is None and "clean='canonicalize'" in result.tokenizer_note
-    config = json.loads((tmp_path / "o" / "open_clip_config.json").read_text())
-    assert "clean='canonicalize'" in config["onnx"]["tokenizer"]["unavailable"]
-    assert not (tmp_path / "o" / "tokenizer.json").exists()

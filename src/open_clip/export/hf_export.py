@@ -15,7 +15,7 @@ from torch import nn
 from ..utils import to_2tuple
 from .common import ExportError, require
 from .hf_clip import clip_to_hf
-from .hf_processor import save_processor
+from .hf_processor import check_processor, save_processor
 from .hf_siglip import is_siglip_model, siglip_to_hf
 from .source import ExportSource, load_source
 
@@ -88,9 +88,9 @@ def export_hf_from_source(source: ExportSource, output_dir: Union[str, Path], *,
     else:
         config_kwargs, state_dict = clip_to_hf(model)
         model_class, config = "CLIPModel", transformers.CLIPConfig(**config_kwargs)
+    check_processor(source.tokenizer, source.preprocess_cfg)  # refusals come before anything is written
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # the processor is checked first: a refusal there must not leave half a folder behind
     save_processor(source.tokenizer, source.preprocess_cfg, model.context_length, out, siglip=siglip)
     hf_model = getattr(transformers, model_class)(config)
     result = hf_model.load_state_dict(state_dict, strict=False)

@@ -18,7 +18,7 @@ from ..utils import to_2tuple
 from .common import ExportError
 from .tokenizer_json import TOKENIZER_FILE, build_clip_tokenizer, unsupported_reason
 
-__all__ = ["image_processor_kwargs", "save_processor"]
+__all__ = ["check_processor", "image_processor_kwargs", "save_processor"]
 
 _RESAMPLE = {"bicubic": 3, "bilinear": 2, "random": 3}  # PIL codes; 'random' is bicubic at eval
 
@@ -41,12 +41,19 @@ def image_processor_kwargs(preprocess_cfg: dict[str, Any]) -> dict[str, Any]:
     raise ExportError(f"transformers' image processors cannot reproduce preprocess_cfg {what}")
 
 
-def _clip_bpe_tokenizer(tokenizer: SimpleTokenizer, context_length: int, folder: Path):
-    from transformers import AutoTokenizer
-
+def check_processor(tokenizer: Any, preprocess_cfg: dict[str, Any]) -> None:
+    """Raise ExportError, before anything is written, if the processor files cannot be made."""
+    if tokenizer is None:
+        raise ExportError("A tokenizer is needed to write the processor files")
     reason = unsupported_reason(tokenizer)
     if reason:
         raise ExportError(f"The tokenizer cannot be written for transformers: {reason}")
+    image_processor_kwargs(preprocess_cfg)
+
+
+def _clip_bpe_tokenizer(tokenizer: SimpleTokenizer, context_length: int, folder: Path):
+    from transformers import AutoTokenizer
+
     build_clip_tokenizer(tokenizer, context_length).save(str(folder / TOKENIZER_FILE))
     sot, eot = tokenizer._special_tokens[:2]
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": sot, "eos_token": eot,
@@ -68,8 +75,7 @@ def save_processor(tokenizer: Any, preprocess_cfg: dict[str, Any], context_lengt
     (``CLIPProcessor`` or ``SiglipProcessor``) preprocesses like open_clip."""
     import transformers
 
-    if tokenizer is None:
-        raise ExportError("A tokenizer is needed to write the processor files")
+    check_processor(tokenizer, preprocess_cfg)
     image_processor = transformers.CLIPImageProcessor(**image_processor_kwargs(preprocess_cfg))
     with tempfile.TemporaryDirectory() as tmp:
         if isinstance(tokenizer, SimpleTokenizer):

@@ -170,7 +170,9 @@ def find_timm_siglip(vision: dict[str, Any]) -> str:
     import timm
 
     candidates = [n for n in timm.list_models("*siglip*") if "gap" not in n and not n.startswith("naflex")]
-    for name in candidates:
+    # timm names its SigLIPs '..._patch{P}_siglip_{S}': try those first, building a trunk costs time
+    named = [n for n in candidates if f"patch{vision['patch_size']}_" in n and n.endswith(f"_{vision['image_size']}")]
+    for name in named or candidates:
         with torch.device("meta"):
             try:
                 trunk = timm.create_model(name, pretrained=False, num_classes=0)
