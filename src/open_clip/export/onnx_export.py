@@ -6,7 +6,9 @@
 ``encode_text(t, normalize=False)``; L2-normalise them, multiply by ``logit_scale`` (recorded in
 ``open_clip_config.json``) for zero-shot logits. The batch dimension is dynamic. Next to the graphs:
 ``open_clip_config.json`` (model config, preprocessing, file and tensor names) and a portable
-``tokenizer.json`` (or the reason there is none).
+``tokenizer.json`` (or the reason there is none). For causal text towers pooled at the end token
+(CLIP) the sequence axis is dynamic too: dropping the padding columns after the batch's last end
+token gives the same features for a fraction of the work, as our eager early stop does.
 
 The model's eager-only shortcuts (text early stop, pooled-only last block) change the graph's
 shape logic with data-dependent branches, so they are switched off while exporting and restored
@@ -28,6 +30,7 @@ from torch import nn
 from ..constants import HF_CONFIG_NAME
 from ..utils import to_2tuple
 from .common import ExportError, require, write_json
+from .hf_towers import native_text
 from .source import ExportSource, load_source
 from .tokenizer_json import write_portable_tokenizer
 
@@ -108,15 +111,26 @@ def _example_inputs(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def trims_text_padding(model: nn.Module) -> bool:
+    """Whether the text graph may take fewer columns than the context length: a causal tower
+    pooled at the end token (argmax / eos) never reads the positions after it, so dropping
+    padding columns behind every row's end token gives the same features."""
+    text = native_text(model)
+    return (text is not None and text.causal and text.cls_emb is None and text.pool_type in ("argmax", "eos")
+            and not getattr(text.module, "output_tokens", False))
+
+
 def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, output_name: str,
-                  opset: Optional[int]) -> None:
+                  opset: Optional[int], max_sequence: Optional[int] = None) -> None:
     require("onnxscript", "ONNX export")
     n_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    batch = torch.export.Dim("batch", min=1)
+    axes = {0: torch.export.Dim("batch", min=1)}
+    if max_sequence:
+        axes[1] = torch.export.Dim("sequence", min=1, max=max_sequence)
     with warnings_quiet():
         torch.onnx.export(
             module, (example,), str(path), input_names=[input_name], output_names=[output_name],
-            dynamic_shapes={input_name: {0: batch}}, opset_version=opset, dynamo=True,
+            dynamic_shapes={input_name: axes}, opset_version=opset, dynamo=True,
             external_data=n_bytes > _SINGLE_FILE_LIMIT, verbose=False,
         )
 
@@ -153,14 +167,38 @@ def _run_onnx(path: Path, name: str, value: torch.Tensor, precision: str) -> tor
     return torch.from_numpy(session.run(None, {name: value.numpy()})[0])
 
 
+def _ended_rows(model: nn.Module, example: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Three token rows ending (end token, then padding) at different positions, and the column
+    count that keeps every end token: what a deployment trimming padding would pass."""
+    text = native_text(model)
+    vocab = text.module.vocab_size
+    end = text.eos_id if text.pool_type == "eos" else vocab - 1
+    rows = torch.cat([example, example[:1]]).clamp(max=vocab - 2)  # the end token stays the largest id
+    length = rows.shape[1]
+    ends = [min(3, length - 1), min(7, length - 1), length // 2]
+    for i, position in enumerate(ends):
+        rows[i, position] = end
+        rows[i, position + 1:] = 0
+    return rows, max(ends) + 1
+
+
 def _verify(model: nn.Module, path: Path, tower: str, example: torch.Tensor, precision: str) -> float:
-    """Max abs difference between onnxruntime and torch on a batch of a new size (3)."""
-    value = torch.cat([example, example[:1]]) if tower == "text" else torch.randn(3, *example.shape[1:])
+    """Max abs difference between onnxruntime and torch on a batch of a new size (3) (and, where
+    the text graph accepts it, on the same rows with trailing padding columns dropped)."""
+    columns = None
+    if tower == "text" and trims_text_padding(model):
+        value, columns = _ended_rows(model, example)
+    else:
+        value = torch.cat([example, example[:1]]) if tower == "text" else torch.randn(3, *example.shape[1:])
     with torch.no_grad():
         expected = (model.encode_image(value, normalize=False) if tower == "visual"
                     else model.encode_text(value, normalize=False))
-    got = _run_onnx(path, "pixel_values" if tower == "visual" else "input_ids", value, precision)
+    name = "pixel_values" if tower == "visual" else "input_ids"
+    got = _run_onnx(path, name, value, precision)
     diff = (got - expected.float()).abs().max().item()
+    if columns is not None:
+        trimmed = _run_onnx(path, name, value[:, :columns], precision)
+        diff = max(diff, (trimmed - expected.float()).abs().max().item())
     # fp16 rounding grows with the feature scale; fp32 is held to an absolute 1e-4
     atol = _ATOL[precision] * (max(1.0, expected.abs().max().item()) if precision == "fp16" else 1.0)
     if not diff <= atol:  # also catches NaN
@@ -187,6 +225,11 @@ def _onnx_config(source: ExportSource, result: OnnxExport, precision: str,
         "text": {"file": TEXT_FILE, "input": "input_ids", "input_shape": ["batch", model.context_length],
                  "input_dtype": "int64", "output": "text_features"},
     }
+    if trims_text_padding(model):
+        graphs["text"]["input_shape"] = ["batch", "sequence"]
+        graphs["text"]["trim_trailing_padding"] = (
+            f"sequence may be any length from 1 to {model.context_length}: dropping the padding columns after the "
+            f"batch's last end token gives the same features, faster")
     onnx_info: dict[str, Any] = {
         "opset": _opset_of(next(iter(result.files.values()))),
         "precision": precision,
@@ -239,7 +282,8 @@ def export_onnx_from_source(
                 continue
             path = out / file
             try:
-                _export_graph(wrapper.eval(), examples[tower], path, input_name, output_name, opset)
+                max_sequence = model.context_length if tower == "text" and trims_text_padding(model) else None
+                _export_graph(wrapper.eval(), examples[tower], path, input_name, output_name, opset, max_sequence)
             except Exception as e:
                 reason = _failure_reason(e)
                 raise ExportError(f"The {tower} tower ({describe_tower(model, tower)}) cannot be exported to ONNX "
