@@ -21,6 +21,7 @@ from .loss_distributed import _HAS_DIST as has_distributed  # noqa: F401 (3.3's 
 from .loss_distributed import (
     NeighbourExchange,
     NeighbourExchangeBidir,
+    dist,  # torch.distributed, which 3.3 exposed here (tests patch collectives through it)
     gather_features,
     neighbour_exchange,
     neighbour_exchange_bidir,
@@ -443,7 +444,6 @@ class SigLipLoss(nn.Module):
         return total
 
     def _collect_texts(self, text_features):
-        import torch.distributed as dist
         import torch.distributed.nn as dist_nn
 
         if self.dist_impl == "gather":

@@ -41,6 +41,7 @@ RELIED_ON_FOREIGN = {
     ("open_clip.pretrained", "hf_hub_download"),  # patched to fake Hub downloads
     ("open_clip.timm_model", "timm"),  # None when timm is missing: checked before building timm towers
     ("open_clip.hf_model", "transformers"),  # likewise for HF text towers
+    ("open_clip.loss", "dist"),  # torch.distributed: tests fake collectives via open_clip.loss.dist.*
 }
 
 # 3.3 names that are different objects in different modules (so no identity check across them).
