@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from open_clip import config_registry
 from open_clip.config_registry import _MODEL_CONFIGS, add_model_config, get_model_config, list_models
@@ -19,6 +19,7 @@ from open_clip.models.clip import (
     get_input_dtype,
 )
 from open_clip.models.layers import LayerNorm, LayerNormFp32
+from open_clip.models.materialize import UnsupportedMaterialize, check_buffers_supported
 
 TINY_VIT = {
     'embed_dim': 16,
@@ -424,29 +425,39 @@ def test_missing_optional_tower_names_the_extra(registry, monkeypatch, module, k
         create_model('_tiny-optional')
 
 
-def test_unknown_meta_tensors_come_from_a_reference_build():
-    from open_clip.checkpoint import _materialize_meta_buffers
-
-    builds = []
+def test_meta_build_needs_an_initialiser_for_non_persistent_state():
+    from open_clip.checkpoint import load_into_meta_model
 
     class WithBuffers(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            builds.append(self)
             self.lin = torch.nn.Linear(2, 2)
             self.register_buffer('positions', torch.arange(5), persistent=False)
-            self.register_buffer('attn_mask', torch.ones(3, 3), persistent=False)  # not ours: not causal
-            self.scale = torch.tensor(2.0)  # plain tensor attribute
 
-    with torch.device('meta'):
-        model = WithBuffers()
-    state = torch.random.get_rng_state()
-    _materialize_meta_buffers(model, WithBuffers)
-    assert torch.equal(torch.random.get_rng_state(), state)  # the reference build did not consume RNG
-    assert builds[-1].lin.weight.is_meta  # ... and its parameters were never materialised
-    assert torch.equal(model.positions, torch.arange(5))
-    assert torch.equal(model.attn_mask, torch.ones(3, 3))
-    assert model.scale.item() == 2.0
+    class WithInit(WithBuffers):
+        def init_non_persistent_buffers(self):
+            self.positions.copy_(torch.arange(5))
+
+    for cls in (WithBuffers, WithInit):
+        with torch.device('meta'):
+            model = cls()
+        if cls is WithBuffers:
+            with pytest.raises(UnsupportedMaterialize, match='positions|WithBuffers'):
+                check_buffers_supported(model)
+        else:
+            check_buffers_supported(model)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f'{tmp}/w.safetensors'
+        save_file(WithInit().state_dict(), path)
+        state = torch.random.get_rng_state()
+        loaded = load_into_meta_model(WithInit, path, prepare=lambda m: None)
+        assert torch.equal(torch.random.get_rng_state(), state)  # no random init was drawn
+        assert torch.equal(loaded.positions, torch.arange(5))
+        assert torch.equal(loaded.lin.weight, load_file(path)['lin.weight'])
+        assert load_into_meta_model(WithBuffers, path, prepare=lambda m: None) is None  # caller builds normally
 
 
 def test_get_tokenizer_reexport():

@@ -7,7 +7,6 @@ readable errors), the resizing helpers, `_find_checkpoint_in_dir` for `local-dir
 `load_into_meta_model`, which loads a checkpoint into a model built on the meta device (no init).
 """
 
-import contextlib
 import logging
 import math
 import os
@@ -19,6 +18,8 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models.materialize import check_buffers_supported, materialize
 
 StateDict = dict[str, torch.Tensor]
 
@@ -347,61 +348,6 @@ def _find_checkpoint_in_dir(dir_path: Union[str, Path]) -> Optional[str]:
 # Loading without initialisation (meta device)
 # ---------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """While active, parameters move to the meta device as they are registered; buffers stay real.
-
-    Constructors then compute their buffers (masks, index tables, rotary bands) for real while the
-    parameter initialisers run on meta tensors and cost nothing.
-    """
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
-        original(module, name, param)
-        if param is not None and not param.is_meta:
-            module._parameters[name] = nn.Parameter(param.data.to('meta'), requires_grad=param.requires_grad)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
-
-
-def _is_own_causal_mask(module: nn.Module, name: str, tensor: torch.Tensor) -> bool:
-    # Only our own towers are known to hold a causal [n, n] `attn_mask` (timm's Swin masks differ).
-    return (name == 'attn_mask' and type(module).__module__.startswith('open_clip.')
-            and tensor.ndim == 2 and tensor.shape[0] == tensor.shape[1])
-
-
-def _materialize_meta_buffers(model: nn.Module, build: Callable[[], nn.Module]) -> None:
-    """Recreate tensors left on the meta device after loading: non-persistent buffers and plain
-    tensor attributes. Causal masks of our towers are rebuilt directly; anything else is taken
-    from a reference build whose parameters stay on meta (cheap; global RNG state untouched)."""
-    reference = None
-    for mod_name, module in model.named_modules():
-        meta_buffers = [n for n, b in module._buffers.items() if b is not None and b.is_meta]
-        meta_attrs = [n for n, v in vars(module).items()
-                      if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and v.is_meta]
-        for name in meta_buffers:
-            buf = module._buffers[name]
-            if _is_own_causal_mask(module, name, buf):
-                module._buffers[name] = torch.full(tuple(buf.shape), float('-inf')).triu_(1).to(buf.dtype)
-                continue
-            if reference is None:
-                reference = _reference_build(build)
-            module._buffers[name] = reference.get_submodule(mod_name)._buffers[name].to(buf.dtype)
-        for name in meta_attrs:
-            if reference is None:
-                reference = _reference_build(build)
-            setattr(module, name, getattr(reference.get_submodule(mod_name), name))
-
-
-def _reference_build(build: Callable[[], nn.Module]) -> nn.Module:
-    with torch.random.fork_rng(devices=[]), _parameters_on_meta():
-        return build()
-
-
 def load_into_meta_model(
         build: Callable[[], nn.Module],
         checkpoint_path: Union[str, Path],
@@ -414,12 +360,15 @@ def load_into_meta_model(
 
     `prepare(model)` applies the precision rules to the meta model; the dtypes it leaves are
     recorded and the loaded tensors are cast to them, which gives the same values as copying the
-    checkpoint into already-cast parameters (3.3's order). Returns None when the model cannot be
-    constructed on the meta device (the caller then builds it normally).
+    checkpoint into already-cast parameters (3.3's order). Non-persistent buffers are refilled by
+    the modules' `init_non_persistent_buffers()` (see `models.materialize`). Returns None when the
+    model cannot be constructed on the meta device or holds state that cannot be recreated there
+    (the caller then builds it normally).
     """
     try:
         with torch.device('meta'):
             model = build()
+        check_buffers_supported(model)
     except Exception as e:  # e.g. a foreign constructor that reads tensor values
         logging.info('Could not build on the meta device (%s: %s); initialising normally.', type(e).__name__, e)
         return None
@@ -427,7 +376,7 @@ def load_into_meta_model(
     target_dtypes = {n: t.dtype for n, t in list(model.named_parameters()) + list(model.named_buffers())}
     load_checkpoint(model, checkpoint_path, strict=True, weights_only=weights_only, device='cpu',
                     assign=True, model_name=model_name)
-    _materialize_meta_buffers(model, build)
+    materialize(model, 'cpu', init=False)
     for module_name, module in model.named_modules():
         prefix = f'{module_name}.' if module_name else ''
         for name, param in module._parameters.items():

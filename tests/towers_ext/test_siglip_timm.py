@@ -34,8 +34,14 @@ def tiny_name(tmp_path_factory):
     factory = pytest.importorskip("open_clip.factory")
     d = tmp_path_factory.mktemp("cfg")
     (d / f"{NAME}.json").write_text(json.dumps(TINY))
+    from open_clip import config_registry
+
+    paths = list(config_registry._MODEL_CONFIG_PATHS)
     factory.add_model_config(d)
-    return NAME
+    yield NAME
+    # registered for the whole module: take it out again so later modules see the shipped registry
+    config_registry._MODEL_CONFIGS.pop(NAME, None)
+    config_registry._MODEL_CONFIG_PATHS[:] = paths
 
 
 def _inputs():

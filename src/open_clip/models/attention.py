@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..utils import feature_take_indices
 from .layers import LayerNorm, LayerNormFp32, LayerScale
+from .materialize import draw, reset_tree
 from .observers import has_user_hooks, runs_as_defined
 from .packed_tokens import TokenLayout, fused_attention, sequence_first_attention, with_scratch
 from .row_stable import linear_rows
@@ -93,6 +94,17 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.out_drop = nn.Dropout(proj_drop)
 
+    def init_weights(self) -> None:
+        """Draw the parameters again as the constructor does (see ``materialize``)."""
+        draw(self.in_proj_weight, lambda t: t.copy_(torch.randn(t.shape) * self.scale))
+        draw(self.in_proj_bias, nn.init.zeros_)
+        reset_tree(self.ln_q)
+        reset_tree(self.ln_k)
+        draw(self.logit_scale, lambda t: t.copy_(torch.log(10 * torch.ones(t.shape))))
+        draw(self.head_scale, nn.init.ones_)
+        reset_tree(self.ln_inner)
+        reset_tree(self.out_proj)
+
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, seq, width = x.shape  # (B, L, C)
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
@@ -152,6 +164,12 @@ class AttentionalPooler(nn.Module):
         self.attn = nn.MultiheadAttention(d_model, n_head, kdim=context_dim, vdim=context_dim, batch_first=True)
         self.ln_q = norm_layer(d_model)
         self.ln_k = norm_layer(context_dim)
+
+    def init_weights(self) -> None:
+        """Draw the parameters again as the constructor does (see ``materialize``)."""
+        draw(self.query, lambda t: t.copy_(torch.randn(t.shape)))
+        for child in (self.attn, self.ln_q, self.ln_k):
+            reset_tree(child)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]

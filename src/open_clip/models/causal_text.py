@@ -2,8 +2,8 @@
 and ``TextTransformer``: token + position embeddings, transformer, ``ln_final`` and pooling.
 
 Owns ``CausalTextEncoder`` (a mixin for modules with ``token_embedding``, ``positional_embedding``,
-``transformer``, ``ln_final`` and ``attn_mask``), ``text_global_pool`` and
-``text_pool_positions``.
+``transformer``, ``ln_final``, ``text_projection`` and ``attn_mask``: the encode path and the
+initialisation of those parts), ``text_global_pool`` and ``text_pool_positions``.
 
 Early stop: in a causal tower the output at position j depends only on positions <= j, and with
 ``argmax`` / ``eos`` pooling the pooled position of every row is known from the tokens. So the
@@ -21,7 +21,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .attention import build_causal_mask
 from .layers import LayerNorm, LayerNormFp32
+from .materialize import assign, draw, reset_tree
 from .observers import capturing_graph, global_user_hooks, has_user_hooks, runs_as_defined
 from .packed_tokens import causal_text_layout
 
@@ -81,6 +83,42 @@ class CausalTextEncoder:
     The host class says which attribute switches the early stop (``_early_stop_attribute``)."""
 
     _early_stop_attribute = "early_stop"
+
+    def _reset_text_modules(self) -> None:
+        """Default initialisation of the text modules, in the order the text tower creates them
+        (the class token and position embedding start empty: ``_init_text_parameters`` draws them)."""
+        reset_tree(self.token_embedding)
+        reset_tree(self.transformer)
+        reset_tree(self.ln_final)
+        if isinstance(self.text_projection, nn.Module):
+            reset_tree(self.text_projection)
+
+    def _init_text_parameters(self) -> None:
+        """3.3's normal init of the text tower's embeddings, block weights and projection."""
+        normal = nn.init.normal_
+        draw(self.token_embedding.weight, lambda t: normal(t, std=0.02))
+        draw(self.positional_embedding, lambda t: normal(t, std=0.01))
+        draw(getattr(self, "cls_emb", None), lambda t: normal(t, std=0.01))
+        width, layers = self.transformer.width, self.transformer.layers
+        proj_std = (width**-0.5) * ((2 * layers) ** -0.5)
+        attn_std = width**-0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            draw(block.attn.in_proj_weight, lambda t: normal(t, std=attn_std))
+            draw(block.attn.out_proj.weight, lambda t: normal(t, std=proj_std))
+            draw(block.mlp.c_fc.weight, lambda t: normal(t, std=fc_std))
+            draw(block.mlp.c_proj.weight, lambda t: normal(t, std=proj_std))
+        projection = self.text_projection
+        if isinstance(projection, nn.Linear):
+            draw(projection.weight, lambda t: normal(t, std=width**-0.5))
+            draw(projection.bias, nn.init.zeros_)
+        elif projection is not None:
+            draw(projection, lambda t: normal(t, std=width**-0.5))
+
+    def init_non_persistent_buffers(self) -> None:
+        """Refill the causal mask (not in the state dict) in place."""
+        if self.attn_mask is not None:
+            assign(self.attn_mask, build_causal_mask(self.attn_mask.shape[0]))
 
     def _pooled_text(self, text: torch.Tensor, pool_type: str, eos_id: Optional[int]) -> torch.Tensor:
         if not torch.jit.is_scripting():

@@ -22,6 +22,7 @@ from torch import nn
 
 from .causal_text import CausalTextEncoder, text_global_pool
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
+from .materialize import assign, reset_tree
 from .modified_resnet import ModifiedResNet
 from .text_transformer import TextTransformer, lock_text_tower
 from .vision_transformer import VisionTransformer
@@ -295,11 +296,24 @@ def _build_text_tower(
     )
 
 
+def init_logit_parameters(model: nn.Module) -> None:
+    """Reset ``logit_scale`` / ``logit_bias`` to the constructor's values (no RNG)."""
+    assign(model.logit_scale, torch.ones(tuple(model.logit_scale.shape)) * model.init_logit_scale)
+    if model.logit_bias is not None:
+        assign(model.logit_bias, torch.ones(tuple(model.logit_bias.shape)) * model.init_logit_bias)
+
+
 class _TwoTowerModel(nn.Module):
     """What CLIP and CustomTextCLIP share: image encoding, logits, forward and intermediates."""
 
+    # class defaults: models pickled by 3.3 lack these instance attributes
+    init_logit_scale = math.log(1 / 0.07)
+    init_logit_bias = None
+
     def _init_logit_params(self, init_logit_scale: float, init_logit_bias: Optional[float],
                            nonscalar_logit_scale: bool) -> None:
+        self.init_logit_scale = init_logit_scale
+        self.init_logit_bias = init_logit_bias
         shape = [1] if nonscalar_logit_scale else []
         self.logit_scale = nn.Parameter(torch.ones(shape) * init_logit_scale)
         if init_logit_bias is not None:
@@ -443,6 +457,13 @@ class CLIP(CausalTextEncoder, _TwoTowerModel):
 
         self._init_logit_params(init_logit_scale, init_logit_bias, nonscalar_logit_scale)
 
+    def init_weights(self) -> None:
+        """Draw every parameter again as the constructor does, image tower first (see ``materialize``)."""
+        reset_tree(self.visual)
+        self._reset_text_modules()
+        self._init_text_parameters()
+        init_logit_parameters(self)
+
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         assert freeze_layer_norm, 'Unfreezing LayerNorm is not supported. LayerNorm treated like other weights.'
         lock_text_tower(self, unlocked_layers)
@@ -515,6 +536,12 @@ class CustomTextCLIP(_TwoTowerModel):
         self.context_length = self.text.context_length
         self.vocab_size = self.text.vocab_size
         self._init_logit_params(init_logit_scale, init_logit_bias, nonscalar_logit_scale)
+
+    def init_weights(self) -> None:
+        """Draw every parameter again as the constructor does, image tower first (see ``materialize``)."""
+        reset_tree(self.visual)
+        reset_tree(self.text)
+        init_logit_parameters(self)
 
     def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
         self.text.lock(unlocked_layers, freeze_layer_norm)

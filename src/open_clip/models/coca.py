@@ -15,8 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip import CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP, _build_text_tower, _build_vision_tower
+from .clip import (
+    CLIPTextCfg,
+    CLIPVisionCfg,
+    CustomTextCLIP,
+    _build_text_tower,
+    _build_vision_tower,
+    init_logit_parameters,
+)
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
+from .materialize import reset_tree
 from .multimodal_transformer import MultimodalTransformer
 
 __all__ = ["MultimodalCfg", "CoCa", "_build_text_decoder_tower"]
@@ -94,6 +102,8 @@ class CoCa(nn.Module):
         )
 
         shape = [1] if nonscalar_logit_scale else []
+        self.init_logit_scale = init_logit_scale
+        self.init_logit_bias = init_logit_bias
         self.logit_scale = nn.Parameter(torch.ones(shape) * init_logit_scale)
         if init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.ones(shape) * init_logit_bias)
@@ -101,6 +111,12 @@ class CoCa(nn.Module):
             self.logit_bias = None
         self.pad_id = pad_id
         self.context_length = multimodal_cfg.context_length
+
+    def init_weights(self) -> None:
+        """Draw every parameter again as the constructor does, text tower first (see ``materialize``)."""
+        for tower in (self.text, self.visual, self.text_decoder):
+            reset_tree(tower)
+        init_logit_parameters(self)
 
     # ---- towers -------------------------------------------------------------------------------
 

@@ -38,10 +38,16 @@ class QuickGELU(nn.Module):
 class LayerScale(nn.Module):
     """Per-channel learnable scale ``gamma`` (initialised to ``init_values``)."""
 
+    init_values = 1e-5  # class default: modules pickled by 3.3 lack the instance attribute
+
     def __init__(self, dim: int, init_values: float = 1e-5, inplace: bool = False):
         super().__init__()
         self.inplace = inplace
+        self.init_values = init_values
         self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.gamma, self.init_values)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul_(self.gamma) if self.inplace else x * self.gamma

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..utils import feature_take_indices, freeze_batch_norm_2d
+from .materialize import draw, reset_tree
 from .observers import capturing_graph
 from .row_stable import linear_rows
 
@@ -76,6 +77,13 @@ class AttentionPool2d(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.c_proj = nn.Linear(embed_dim, output_dim or embed_dim)
         self.num_heads = num_heads
+
+    def init_weights(self) -> None:
+        """Draw the parameters again as the constructor does (see ``materialize``)."""
+        width = self.positional_embedding.shape[1]
+        draw(self.positional_embedding, lambda t: t.copy_(torch.randn(t.shape) / width**0.5))
+        for child in (self.k_proj, self.q_proj, self.v_proj, self.c_proj):
+            reset_tree(child)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
@@ -178,11 +186,17 @@ class ModifiedResNet(nn.Module):
         if self.attnpool is not None:
             std = self.attnpool.c_proj.in_features**-0.5
             for proj in (self.attnpool.q_proj, self.attnpool.k_proj, self.attnpool.v_proj, self.attnpool.c_proj):
-                nn.init.normal_(proj.weight, std=std)
+                draw(proj.weight, lambda t: nn.init.normal_(t, std=std))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for name, param in stage.named_parameters():
                 if name.endswith("bn3.weight"):
-                    nn.init.zeros_(param)
+                    draw(param, nn.init.zeros_)
+
+    def init_weights(self) -> None:
+        """Draw the parameters again as the constructor does (see ``materialize``)."""
+        for child in self.children():
+            reset_tree(child)
+        self.init_parameters()
 
     def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
         """Freeze all parameters (partial locking unsupported); optionally freeze BN statistics."""

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import ResidualAttentionBlock, Transformer, build_causal_mask
 from .layers import LayerNorm
+from .materialize import assign, reset_tree
 
 __all__ = [
     "MultimodalTransformer",
@@ -91,9 +92,17 @@ class MultimodalTransformer(Transformer):
             return
         generator = torch.Generator()
         generator.set_state(torch.get_rng_state())
-        values = torch.randn(proj.shape, generator=generator, device="cpu") * self.width**-0.5
-        with torch.no_grad():
-            proj.copy_(values)
+        assign(proj, torch.randn(tuple(proj.shape), generator=generator, device="cpu") * self.width**-0.5)
+
+    def init_weights(self) -> None:
+        """Draw the parameters again as the constructor does (see ``materialize``)."""
+        for child in (self.resblocks, self.cross_attn, self.ln_final):
+            reset_tree(child)
+        self.init_parameters()
+
+    def init_non_persistent_buffers(self) -> None:
+        """Refill the causal mask (not in the state dict) in place."""
+        assign(self.attn_mask, build_causal_mask(self.attn_mask.shape[0]))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

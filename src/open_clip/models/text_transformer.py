@@ -114,27 +114,12 @@ class TextTransformer(CausalTextEncoder, nn.Module):
 
     def init_parameters(self) -> None:
         """3.3's normal init of embeddings, block weights and projection (draws from the RNG)."""
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        if self.cls_emb is not None:
-            nn.init.normal_(self.cls_emb, std=0.01)
+        self._init_text_parameters()
 
-        width, layers = self.transformer.width, self.transformer.layers
-        proj_std = (width**-0.5) * ((2 * layers) ** -0.5)
-        attn_std = width**-0.5
-        fc_std = (2 * width) ** -0.5
-        for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-
-        if isinstance(self.text_projection, nn.Linear):
-            nn.init.normal_(self.text_projection.weight, std=width**-0.5)
-            if self.text_projection.bias is not None:
-                nn.init.zeros_(self.text_projection.bias)
-        elif self.text_projection is not None:
-            nn.init.normal_(self.text_projection, std=width**-0.5)
+    def init_weights(self) -> None:
+        """Draw the parameters again as the constructor does (see ``materialize``)."""
+        self._reset_text_modules()
+        self.init_parameters()
 
     def build_causal_mask(self) -> torch.Tensor:
         """Additive causal mask [num_pos, num_pos] (float32, -inf above the diagonal)."""

@@ -10,6 +10,7 @@ from ..utils import to_2tuple
 from .attention import AttentionalPooler, Transformer
 from .causal_text import row_wise_norm
 from .layers import LayerNorm, PatchDropout
+from .materialize import assign, draw, reset_tree
 from .observers import capturing_graph, global_user_hooks
 from .packed_tokens import mha_uses_fused_path, pooled_token_layout
 from .pos_embed import get_2d_sincos_pos_embed
@@ -33,7 +34,9 @@ class VisionTransformer(nn.Module):
     """
 
     output_tokens: torch.jit.Final[bool]
-    last_block_pooled_only = True  # class default: towers pickled by 3.3 lack the instance attribute
+    # class defaults: towers pickled by 3.3 lack these instance attributes
+    last_block_pooled_only = True
+    pos_embed_type = "learnable"
 
     def __init__(
         self,
@@ -79,6 +82,7 @@ class VisionTransformer(nn.Module):
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         num_pos = self.grid_size[0] * self.grid_size[1] + 1
+        self.pos_embed_type = pos_embed_type
         if pos_embed_type == "learnable":
             self.positional_embedding = nn.Parameter(scale * torch.randn(num_pos, width))
         elif pos_embed_type == "sin_cos_2d":
@@ -143,6 +147,21 @@ class VisionTransformer(nn.Module):
     def init_parameters(self) -> None:
         # 3.3 keeps PyTorch's default init for the ViT blocks: nothing to do.
         pass
+
+    def init_weights(self) -> None:
+        """Draw the parameters again as the constructor does (see ``materialize``)."""
+        scale = self.conv1.out_channels**-0.5
+        reset_tree(self.conv1)
+        draw(self.class_embedding, lambda t: t.copy_(scale * torch.randn(t.shape)))
+        if self.pos_embed_type == "learnable":
+            draw(self.positional_embedding, lambda t: t.copy_(scale * torch.randn(t.shape)))
+        else:
+            table = get_2d_sincos_pos_embed(self.positional_embedding.shape[1], self.grid_size[0], cls_token=True)
+            assign(self.positional_embedding, torch.from_numpy(table).float())
+        for child in (self.ln_pre, self.transformer, self.attn_pool, self.attn_pool_contrastive, self.ln_post):
+            reset_tree(child)
+        if self.proj is not None:
+            draw(self.proj, lambda t: t.copy_(scale * torch.randn(t.shape)))
 
     def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
         """Freeze all parameters, then unfreeze the last ``unlocked_groups`` layer groups
