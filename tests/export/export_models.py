@@ -15,6 +15,8 @@ _VIT = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width
 CONFIGS = {
     # transformers-compatible CLIP: QuickGELU, argmax pooling
     "export-vit-quickgelu": {"embed_dim": 32, "quick_gelu": True, "vision_cfg": dict(_VIT), "text_cfg": dict(_TEXT)},
+    # the same with plain GELU
+    "export-vit-gelu": {"embed_dim": 32, "vision_cfg": dict(_VIT), "text_cfg": dict(_TEXT)},
     # transformers-compatible CLIP: tanh GELU, eps 1e-6, first-eos pooling
     "export-vit-eos": {
         "embed_dim": 24,

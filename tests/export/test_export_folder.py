@@ -92,3 +92,25 @@ def test_timm_tower_with_forced_size_is_refused(tmp_path):
     register("export-sl-timm", tmp_path)
     with pytest.raises(ExportError, match="timm image tower resized with force_image_size"):
         load_source("export-sl-timm", force_image_size=48)
+
+
+def test_quick_gelu_and_preprocessing_follow_the_pretrained_tag(tmp_path, monkeypatch):
+    """Weights trained with QuickGELU get it in the folder even when the architecture config lacks it."""
+    from open_clip import pretrained
+
+    model, cfg = build("export-vit-gelu", tmp_path)
+    assert not cfg.get("quick_gelu")
+    weights = save_weights(model, tmp_path / "w.safetensors")
+    tag = {"file": weights, "quick_gelu": True, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    monkeypatch.setitem(pretrained._PRETRAINED, "export-vit-gelu", {"mytag": tag})
+    out = export_folder("export-vit-gelu", "mytag", tmp_path / "folder")
+    config = json.loads((out / "open_clip_config.json").read_text())
+    assert config["model_cfg"]["quick_gelu"] is True
+    assert config["preprocess_cfg"]["mean"] == [0.5, 0.5, 0.5] and config["preprocess_cfg"]["std"] == [0.25] * 3
+    loaded = open_clip.create_model(f"local-dir:{out}").eval()
+    assert type(loaded.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert type(model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
+    reference = open_clip.create_model("export-vit-gelu", pretrained="mytag", force_quick_gelu=True).eval()
+    images = image_inputs(model)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), reference.encode_image(images))
