@@ -155,12 +155,14 @@ def test_text_early_stop_wide_tower_at_two_threads(threads):
 def test_text_early_stop_training_forward_bitwise_and_gradients(cls, packed_calls):
     model = make_clip(cls, ls_init_value=0.5).train()
     text = random_text(9, seed=3)
+    lengths = model.pooled_text_lengths(text)
+    assert lengths == (text.argmax(-1) + 1).tolist()
     weights = torch.randn(9, 8, generator=torch.Generator().manual_seed(0))
 
     def run(fast):
         model.zero_grad()
         set_fast(model, fast)
-        out = model.encode_text(text)
+        out = model.encode_text(text, text_lengths=lengths)
         (out * weights).sum().backward()
         return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -172,6 +174,26 @@ def test_text_early_stop_training_forward_bitwise_and_gradients(cls, packed_call
     for name, grad in grads_full.items():
         scale = max(float(grad.abs().max()), 1e-3)
         torch.testing.assert_close(grads_fast[name], grad, atol=1e-5 * scale, rtol=0, msg=name)
+
+
+def test_training_without_lengths_never_reads_the_device(packed_calls):
+    # a step that records gradients and got no text_lengths keeps the full length (no host read)
+    model = make_clip(CLIP).train()
+    text = random_text(5, seed=1)
+    full = model.encode_text(text)
+    assert packed_calls == []
+    with torch.no_grad():
+        set_fast(model, False)
+        assert torch.equal(full.detach(), model.encode_text(text))
+
+
+def test_wrong_text_lengths_are_refused():
+    model = make_clip(CLIP).eval()
+    text = random_text(3, seed=1)
+    with pytest.raises(ValueError, match="text_lengths"):
+        model.encode_text(text, text_lengths=[1, 2])
+    with pytest.raises(ValueError, match="text_lengths"):
+        model.encode_text(text, text_lengths=[0, 2, 3])
 
 
 def test_text_tower_modes_that_read_every_token_use_the_full_path(packed_calls):

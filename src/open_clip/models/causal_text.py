@@ -120,9 +120,15 @@ class CausalTextEncoder:
         if self.attn_mask is not None:
             assign(self.attn_mask, build_causal_mask(self.attn_mask.shape[0]))
 
-    def _pooled_text(self, text: torch.Tensor, pool_type: str, eos_id: Optional[int]) -> torch.Tensor:
+    def _pooled_text(
+        self,
+        text: torch.Tensor,
+        pool_type: str,
+        eos_id: Optional[int],
+        text_lengths: Optional[list[int]] = None,
+    ) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            pooled = self._pooled_text_early_stop(text, pool_type, eos_id)
+            pooled = self._pooled_text_early_stop(text, pool_type, eos_id, text_lengths)
             if pooled is not None:
                 return pooled
         seq_len = text.shape[1]
@@ -137,12 +143,27 @@ class CausalTextEncoder:
         return text_global_pool(x, text, pool_type, eos_token_id=eos_id)
 
     @torch.jit.unused
-    def _can_stop_early(self, pool_type: str) -> bool:
+    def _stops_early(self, pool_type: str) -> bool:
+        """Whether this tower's pooled output depends only on a known prefix of each row."""
         return (
             getattr(self, self._early_stop_attribute, True)
             and self.attn_mask is not None
             and pool_type in ("argmax", "eos")
-            and not capturing_graph()
+            and getattr(self, "cls_emb", None) is None
+            and not getattr(self, "use_pad_mask", False)
+            and not getattr(self, "output_tokens", False)
+        )
+
+    @torch.jit.unused
+    def _lengths_for(self, text: torch.Tensor, pool_type: str, eos_id: Optional[int]) -> Optional[list[int]]:
+        if not self._stops_early(pool_type) or text.dim() != 2:
+            return None
+        return (text_pool_positions(text, pool_type, eos_id) + 1).tolist()
+
+    @torch.jit.unused
+    def _can_pack(self) -> bool:
+        return (
+            not capturing_graph()
             and runs_as_defined(self.token_embedding, nn.Embedding)
             and row_wise_norm(self.ln_final)
             and self.transformer.can_pack_tokens()
@@ -151,13 +172,26 @@ class CausalTextEncoder:
 
     @torch.jit.unused
     def _pooled_text_early_stop(
-        self, text: torch.Tensor, pool_type: str, eos_id: Optional[int]
+        self, text: torch.Tensor, pool_type: str, eos_id: Optional[int], lengths: Optional[list[int]]
     ) -> Optional[torch.Tensor]:
-        """Pooled features computed only where they depend on, or None where that does not apply."""
-        if not self._can_stop_early(pool_type) or text.dim() != 2 or text.shape[0] == 0:
+        """Pooled features computed only where they depend on, or None where that does not apply.
+
+        ``lengths`` (pooled position + 1 of each row, host ints) spare reading them from ``text``;
+        without them a step that builds an autograd graph keeps the full length (a training step
+        must not wait for the device), while inference reads them."""
+        if not self._stops_early(pool_type) or text.dim() != 2 or text.shape[0] == 0 or not self._can_pack():
             return None
-        positions = text_pool_positions(text, pool_type, eos_id)
-        lengths = (positions + 1).tolist()
+        if lengths is None:
+            if torch.is_grad_enabled():
+                return None
+            lengths = (text_pool_positions(text, pool_type, eos_id) + 1).tolist()
+        else:
+            lengths = [int(n) for n in lengths]
+            if len(lengths) != text.shape[0] or not all(1 <= n <= text.shape[1] for n in lengths):
+                raise ValueError(
+                    f"text_lengths must give, for each of the {text.shape[0]} rows, the pooled position + 1 "
+                    f"(1..{text.shape[1]}); got {lengths}"
+                )
         cast_dtype = self.transformer.get_cast_dtype()
         # On CPU float32 attention keeps the full length: its kernels round the same then.
         bitwise = text.device.type == "cpu" and cast_dtype == torch.float32 and not torch.is_autocast_enabled()

@@ -339,11 +339,16 @@ class _TwoTowerModel(nn.Module):
             image_logits += self.logit_bias
         return image_logits, image_logits.T
 
-    def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
+    def forward(
+            self,
+            image: Optional[torch.Tensor] = None,
+            text: Optional[torch.Tensor] = None,
+            text_lengths: Optional[list[int]] = None,
+    ):
         """Normalised features of both inputs (None where an input is None) and exp(logit_scale)
-        (+ raw logit_bias): a tuple, or a dict when `output_dict`."""
+        (+ raw logit_bias): a tuple, or a dict when `output_dict`. `text_lengths`: see `encode_text`."""
         image_features = self.encode_image(image, normalize=True) if image is not None else None
-        text_features = self.encode_text(text, normalize=True) if text is not None else None
+        text_features = self.encode_text(text, normalize=True, text_lengths=text_lengths) if text is not None else None
         if self.output_dict:
             out = {
                 'image_features': image_features,
@@ -489,10 +494,23 @@ class CLIP(CausalTextEncoder, _TwoTowerModel):
             return x @ self.text_projection
         return self.text_projection(x)
 
-    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Text embeddings (B, embed_dim) of token ids (B, context_length); L2-normalised if `normalize`."""
-        x = self._project_text(self._pooled_text(text, self.text_pool_type, self.text_eos_id))
+    def encode_text(
+            self, text: torch.Tensor, normalize: bool = False, text_lengths: Optional[list[int]] = None
+    ) -> torch.Tensor:
+        """Text embeddings (B, embed_dim) of token ids (B, context_length); L2-normalised if `normalize`.
+
+        `text_lengths` (optional, host ints): the pooled position + 1 of each row, as
+        `pooled_text_lengths` gives them from a CPU copy of `text`. They let the early stop run
+        without reading the device; without them a step that records gradients runs full length."""
+        pooled = self._pooled_text(text, self.text_pool_type, self.text_eos_id, text_lengths)
+        x = self._project_text(pooled)
         return F.normalize(x, dim=-1) if normalize else x
+
+    @torch.jit.unused
+    def pooled_text_lengths(self, text: torch.Tensor) -> Optional[list[int]]:
+        """For each row of `text` (best a CPU copy), the number of leading tokens its embedding
+        depends on (`encode_text`'s `text_lengths`), or None when it depends on all of them."""
+        return self._lengths_for(text, self.text_pool_type, self.text_eos_id)
 
     def _text_intermediates(self, text: torch.Tensor, indices, stop_early: bool, normalize_intermediates: bool,
                             intermediates_only: bool, output_fmt: str, output_extra_tokens: bool) -> dict[str, Any]:
@@ -559,10 +577,19 @@ class CustomTextCLIP(_TwoTowerModel):
                 no_wd.update(prefix + name for name in tower.no_weight_decay())
         return no_wd
 
-    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Text embeddings (B, embed_dim) of token ids; L2-normalised if `normalize`."""
-        features = self.text(text)
+    def encode_text(
+            self, text: torch.Tensor, normalize: bool = False, text_lengths: Optional[list[int]] = None
+    ) -> torch.Tensor:
+        """Text embeddings (B, embed_dim) of token ids; L2-normalised if `normalize`. `text_lengths`:
+        see `CLIP.encode_text` (native text towers only)."""
+        features = self.text(text) if text_lengths is None else self.text(text, text_lengths)
         return F.normalize(features, dim=-1) if normalize else features
+
+    @torch.jit.unused
+    def pooled_text_lengths(self, text: torch.Tensor) -> Optional[list[int]]:
+        """See `CLIP.pooled_text_lengths` (None for text towers without an early stop)."""
+        lengths = getattr(self.text, 'pooled_text_lengths', None)
+        return lengths(text) if lengths is not None else None
 
     def _text_intermediates(self, text: torch.Tensor, indices, stop_early: bool, normalize_intermediates: bool,
                             intermediates_only: bool, output_fmt: str, output_extra_tokens: bool) -> dict[str, Any]:

@@ -121,6 +121,11 @@ class TextTransformer(CausalTextEncoder, nn.Module):
         self._reset_text_modules()
         self.init_parameters()
 
+    @torch.jit.unused
+    def pooled_text_lengths(self, text: torch.Tensor) -> Optional[list[int]]:
+        """See ``CLIP.pooled_text_lengths``."""
+        return self._lengths_for(text, self.pool_type, self.eos_id)
+
     def build_causal_mask(self) -> torch.Tensor:
         """Additive causal mask [num_pos, num_pos] (float32, -inf above the diagonal)."""
         return build_causal_mask(self.num_pos)
@@ -191,9 +196,11 @@ class TextTransformer(CausalTextEncoder, nn.Module):
             return self.text_projection(pooled)  # nn.Linear (proj_bias=True)
         return pooled
 
-    def forward(self, text: torch.Tensor):
+    def forward(self, text: torch.Tensor, text_lengths: Optional[list[int]] = None):
+        """Pooled, projected features [B, output_dim] (and the token features with ``output_tokens``).
+        ``text_lengths``: see ``CLIP.encode_text``."""
         if self.cls_emb is None and not self.use_pad_mask and not self.output_tokens:
-            return self._project(self._pooled_text(text, self.pool_type, self.eos_id))
+            return self._project(self._pooled_text(text, self.pool_type, self.eos_id, text_lengths))
         x, attn_mask = self._embeds(text)
         x = self.transformer(x, attn_mask=attn_mask)  # (B, S, W)
         pooled, tokens = self._pool_and_project(x, text)
