@@ -49,7 +49,8 @@ from .config_registry import (  # noqa: F401 (re-exports)
 from .constants import HF_CONFIG_NAME
 from .convert import convert_state_dict  # noqa: F401 (re-export)
 from .loss import ClipLoss, CoCaLoss, DistillClipLoss, SigLipLoss, create_loss  # noqa: F401 (re-exports)
-from .models.clip import CLIP, CustomTextCLIP, convert_weights_to_lp, get_cast_dtype, set_model_preprocess_cfg
+from .models.clip import CLIP, CustomTextCLIP, set_model_preprocess_cfg
+from .precision import convert_weights_to_lp, get_cast_dtype, set_model_device_and_precision  # noqa: F401 (3.3 names)
 from .pretrained import (  # noqa: F401 (re-exports)
     download_pretrained,
     download_pretrained_from_hf,
@@ -195,27 +196,7 @@ def _load_tower_weights(model: torch.nn.Module, path: Optional[str], tower: str,
 # Device, precision and meta-device construction
 # ---------------------------------------------------------------------------------------------
 
-def _set_model_device_and_precision(model: torch.nn.Module, device: torch.device, precision: str,
-                                    is_timm_model: bool = False) -> None:
-    """Move and cast `model` for `precision` (spec 01 §5): 'fp16'/'bf16' mixed, 'pure_*' all-lp."""
-    if precision in ('fp16', 'bf16'):
-        dtype = torch.float16 if 'fp16' in precision else torch.bfloat16
-        if is_timm_model:
-            # timm towers do not know convert_weights_to_lp: cast everything, then restore fp32 norms.
-            from .models.layers import LayerNormFp32
-            model.to(device=device, dtype=dtype)
-            for module in model.modules():
-                if isinstance(module, LayerNormFp32):
-                    module.weight.data = module.weight.data.to(torch.float32)
-                    module.bias.data = module.bias.data.to(torch.float32)
-        else:
-            model.to(device=device)
-            convert_weights_to_lp(model, dtype=dtype)
-    elif precision in ('pure_fp16', 'pure_bf16'):
-        dtype = torch.float16 if 'fp16' in precision else torch.bfloat16
-        model.to(device=device, dtype=dtype)
-    else:
-        model.to(device=device)
+_set_model_device_and_precision = set_model_device_and_precision  # 3.3's name, in this module
 
 
 # Build on the meta device when a full checkpoint follows (no random init); tests switch it off to

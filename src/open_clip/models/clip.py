@@ -2,8 +2,8 @@
 
 Owns the config dataclasses (`CLIPVisionCfg`, `CLIPTextCfg`), the tower builders that map a config to
 a native ViT / ModifiedResNet / TextTransformer (or a timm / HF tower, imported only when asked
-for), the two model classes, the precision helpers (`get_cast_dtype`, `get_input_dtype`,
-`convert_weights_to_lp`) and the preprocess / tokenize cfg accessors stored on models.
+for), the two model classes and the preprocess / tokenize cfg accessors stored on models. The
+precision helpers live in `open_clip.precision` (re-exported here, where 3.3 had them).
 
 State-dict keys are an external contract: `CLIP` keeps the text tower's parts at top level
 (`token_embedding`, `positional_embedding`, `transformer`, `ln_final`, `text_projection`), while
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import convert_weights_to_fp16, convert_weights_to_lp, get_cast_dtype, get_input_dtype  # noqa: F401
 from .causal_text import CausalTextEncoder, text_global_pool
 from .layers import LayerNorm, LayerNormFp32, QuickGELU
 from .materialize import assign, reset_tree
@@ -102,65 +103,6 @@ class CLIPTextCfg:
     hf_pooler_type: str = 'mean_pooler'
 
 
-# ---------------------------------------------------------------------------------------------
-# Precision helpers
-# ---------------------------------------------------------------------------------------------
-
-def get_cast_dtype(precision: str) -> Optional[torch.dtype]:
-    """Dtype native towers are built for: 'bf16' -> bfloat16, 'fp16' -> float16, else None."""
-    if precision == 'bf16':
-        return torch.bfloat16
-    if precision == 'fp16':
-        return torch.float16
-    return None
-
-
-def get_input_dtype(precision: str) -> Optional[torch.dtype]:
-    """Dtype images should be cast to: bfloat16 for 'bf16'/'pure_bf16', float16 for 'fp16'/'pure_fp16'."""
-    if precision in ('bf16', 'pure_bf16'):
-        return torch.bfloat16
-    if precision in ('fp16', 'pure_fp16'):
-        return torch.float16
-    return None
-
-
-_ATTN_WEIGHT_ATTRS = ('in_proj_weight', 'q_proj_weight', 'k_proj_weight', 'v_proj_weight',
-                      'in_proj_bias', 'bias_k', 'bias_v')
-
-
-def _cast_tensor_attr(module: nn.Module, name: str, dtype: torch.dtype) -> None:
-    tensor = getattr(module, name, None)
-    # A Linear text_projection (proj_bias) is cast by the Linear rule; 3.3 crashed on it here.
-    if isinstance(tensor, torch.Tensor):
-        tensor.data = tensor.data.to(dtype)
-
-
-def convert_weights_to_lp(model: nn.Module, dtype: torch.dtype = torch.float16) -> None:
-    """Cast the matmul weights of `model` to `dtype` in place ('fp16'/'bf16' precision).
-
-    Cast: Conv1d/Conv2d/Linear weight and bias, attention in/q/k/v projections and biases, the text
-    projection of CLIP / TextTransformer and the ViT `proj`. Everything else (embeddings, norms,
-    logit scale/bias, attention-pool queries, buffers) stays float32, as in 3.3.
-    """
-    from .attention import Attention
-
-    def _convert(module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            module.weight.data = module.weight.data.to(dtype)
-            if module.bias is not None:
-                module.bias.data = module.bias.data.to(dtype)
-        if isinstance(module, (nn.MultiheadAttention, Attention)):
-            for attr in _ATTN_WEIGHT_ATTRS:
-                _cast_tensor_attr(module, attr, dtype)
-        if isinstance(module, (CLIP, TextTransformer)):
-            _cast_tensor_attr(module, 'text_projection', dtype)
-        if isinstance(module, VisionTransformer):
-            _cast_tensor_attr(module, 'proj', dtype)
-
-    model.apply(_convert)
-
-
-convert_weights_to_fp16 = convert_weights_to_lp  # 3.3's older name
 
 
 # ---------------------------------------------------------------------------------------------
