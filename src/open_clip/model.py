@@ -44,21 +44,24 @@ def trace_model(model: torch.nn.Module, batch_size: int = 256, device: torch.dev
     """TorchScript-trace `forward`, `encode_text` and `encode_image` with dummy inputs.
 
     Images are ones of shape (B, 3, H, W) from `model.visual.image_size` (int or (H, W): 3.3 failed
-    on the tuple form), text is int zeros of shape (B, context_length).
+    on the tuple form), text is int zeros of shape (B, context_length). Traced for inference, without
+    gradients: attention then records the same path (torch's fused one) in the trace and in its
+    check (3.3 traced with gradients on, so the check, which runs without, saw another graph).
     """
     model.eval()
     image_size = model.visual.image_size
     height, width = to_2tuple(image_size)
     example_images = torch.ones((batch_size, 3, height, width), device=device)
     example_text = torch.zeros((batch_size, model.context_length), dtype=torch.int, device=device)
-    model = torch.jit.trace_module(
-        model,
-        inputs=dict(
-            forward=(example_images, example_text),
-            encode_text=(example_text,),
-            encode_image=(example_images,),
-        ),
-    )
+    with torch.no_grad():
+        model = torch.jit.trace_module(
+            model,
+            inputs=dict(
+                forward=(example_images, example_text),
+                encode_text=(example_text,),
+                encode_image=(example_images,),
+            ),
+        )
     model.visual.image_size = image_size
     return model
 
