@@ -102,8 +102,13 @@ def test_csv_train_epoch_and_fraction_limit(bad_csv):
     path, good, _ = bad_csv
     args = wds_args(train_data=path, workers=0, batch_size=3, data_max_bad_fraction=0.5)
     info = get_csv_dataset(args, plain_transform(), is_train=True, tokenizer=fake_tokenizer)
-    ids, _, _ = run_epochs(info, 1)
-    assert info.dataloader.num_batches == 6 and sorted(ids) == sorted(set(ids)) and set(ids) <= set(good)
+    ids, images, _ = run_epochs(info, 1)
+    assert info.dataloader.num_batches == 6 and set(ids) <= set(good)
+    # bad rows are replaced by good ones, so every training batch stays full
+    assert [len(x) for x in images] == [3] * 6
+    assert len(set(ids)) >= 18 - 5  # the scheduled good rows, each once, plus replacements
+    # each scheduled bad row is counted once (and the unparsable line), never the replacements
+    assert sum(info.bad_sample_counts().values()) <= 6
     args.data_max_bad_fraction = 0.1  # 6 bad of 20 read
     info = get_csv_dataset(args, plain_transform(), is_train=True, tokenizer=fake_tokenizer)
     with pytest.raises(DataQualityError, match="data_max_bad_fraction=0.1"):

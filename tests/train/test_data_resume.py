@@ -129,8 +129,8 @@ def test_csv_resume_distributed_ranks_partition(csv_file):
 
     ids0, _, _ = run_epochs(make(0)(0), 1)
     ids1, _, _ = run_epochs(make(1)(0), 1)
-    assert not set(ids0) & set(ids1)
-    assert len(ids0) + len(ids1) == 29  # 30 rows, one corrupt, no padding needed
+    assert len(set(ids0) & set(ids1)) <= 1  # disjoint halves, except the corrupt row's replacement
+    assert len(ids0) == len(ids1) == 15  # 30 rows, one corrupt and replaced: both ranks keep full batches
     _check_resume(make(1), [2], 5)
 
 

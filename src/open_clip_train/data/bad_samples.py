@@ -8,6 +8,7 @@ stops the run with :class:`DataQualityError` when too large a fraction of what w
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping
 
@@ -36,6 +37,11 @@ DEFAULT_MAX_BAD_FRACTION = 0.1
 # The fraction is only meaningful once enough samples were read; before that only the end-of-epoch
 # check applies.
 MIN_SAMPLES_FOR_CHECK = 1000
+# Mid-epoch the bad count must exceed the limit by this many standard deviations of a binomial count
+# (checked after every batch, so the margin is wide), and counts that are a random subset of the data
+# by this many at the end of an epoch.
+MID_EPOCH_SIGMAS = 6.0
+SAMPLED_SIGMAS = 3.0
 
 _log = logging.getLogger(__name__)
 
@@ -85,11 +91,18 @@ def check_bad_fraction(
     max_fraction: float,
     end_of_epoch: bool = False,
     where: str = "",
+    sampled: bool = False,
 ) -> None:
     """Raise :class:`DataQualityError` if too large a fraction of the samples read was bad.
 
-    Checked once ``MIN_SAMPLES_FOR_CHECK`` samples were read, and always at the end of an epoch.
-    ``max_fraction >= 1`` disables the check, except that an epoch with no good sample always fails.
+    A count that covers the data exactly (``sampled=False``: each sample of the epoch counted once)
+    is compared with ``max_fraction`` as is at the end of an epoch. Counts that are a random subset
+    of the data (``sampled``), and every mid-epoch check (once ``MIN_SAMPLES_FOR_CHECK`` samples were
+    read), stop the run only when the bad count exceeds the limit by more than a few binomial
+    standard deviations (``SAMPLED_SIGMAS``, ``MID_EPOCH_SIGMAS``): a dataset whose bad fraction is
+    below the limit then does not trip it by chance, while one that is mostly garbage still stops
+    after about 1000 samples. ``max_fraction >= 1`` disables the check, except that an epoch with no
+    good sample always fails.
 
     Args:
         good: number of good samples read.
@@ -97,6 +110,7 @@ def check_bad_fraction(
         max_fraction: largest tolerated ``bad / (good + bad)``.
         end_of_epoch: check even when fewer than ``MIN_SAMPLES_FOR_CHECK`` samples were read.
         where: dataset description for the message.
+        sampled: the counts come from a random subset of the data.
     """
     n_bad = sum(bad.values())
     total = good + n_bad
@@ -108,8 +122,10 @@ def check_bad_fraction(
             f"No valid sample among the {total} samples read{where} (bad: {detail}). "
             "Check the data paths and format."
         )
+    sigmas = 0.0 if end_of_epoch and not sampled else (SAMPLED_SIGMAS if end_of_epoch else MID_EPOCH_SIGMAS)
+    tolerance = sigmas * math.sqrt(total * max_fraction * max(0.0, 1.0 - max_fraction))
     frac = n_bad / total
-    if frac > max_fraction:
+    if frac > max_fraction and n_bad - max_fraction * total > tolerance:
         raise DataQualityError(
             f"{n_bad} of {total} samples read{where} were bad ({frac:.1%} > data_max_bad_fraction="
             f"{max_fraction}; {detail}). Fix the data or raise --data-max-bad-fraction."

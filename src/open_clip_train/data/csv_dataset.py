@@ -81,6 +81,11 @@ class CsvDataset(Dataset):
     def __len__(self) -> int:
         return len(self.captions)
 
+    def sample_source(self, idx: int) -> str:
+        """The file row ``idx`` reads (named in stall reports and per-source timings)."""
+        path = self.images[idx]
+        return path if isinstance(path, str) and path else f"{self.input_filename} row {idx}"
+
     def load_sample(self, idx: int) -> tuple[Any, Any]:
         what = f"{self.input_filename} row {idx}"
         caption = check_caption(self.captions[idx], what)

@@ -156,6 +156,8 @@ class ResumableLoader:
         fixed_bad: bad rows found when the dataset was indexed (e.g. unparsable CSV lines), added
             to the counts of every epoch.
         description: dataset name for error messages.
+        sampled_counts: the good/bad counts come from a random subset of the data (WebDataset training
+            decodes what its shuffle buffer picks), so the bad-fraction check allows for sampling noise.
         layout: ``{"rank", "world_size", "batch_size"}`` of this loader, stored in and checked
             against saved states.
     """
@@ -172,6 +174,7 @@ class ResumableLoader:
         fixed_bad: dict | None = None,
         description: str = "",
         layout: dict | None = None,
+        sampled_counts: bool = False,
     ) -> None:
         self.loader = loader
         self.layout = {"rank": 0, "world_size": 1, "batch_size": None, **(layout or {})}
@@ -183,8 +186,14 @@ class ResumableLoader:
         self.max_bad_fraction = max_bad_fraction
         self.fixed_bad = dict(fixed_bad or {})
         self.description = description
+        self.sampled_counts = sampled_counts
         self._pos = _fresh_position(shared_epoch.get_value())
         self._pending: dict | None = None
+        # Seconds and samples per data source in the current epoch (see ``progress``); not resume state.
+        self._source_times: dict[str, list[float]] = {}
+        # A distributed training app checks the fraction over all ranks at the end of an epoch (each
+        # rank reads a different part of the data) and turns this per-rank end-of-epoch check off.
+        self.check_epoch_fraction = True
 
     def __len__(self) -> int:
         return self.num_batches
@@ -212,6 +221,10 @@ class ResumableLoader:
     def good_sample_count(self) -> int:
         """Good samples delivered in the current (or last finished) epoch."""
         return self._pos["good"]
+
+    def source_times(self) -> dict[str, tuple[float, int]]:
+        """``{source: (seconds, samples)}`` spent reading each data source this epoch (all workers)."""
+        return {k: (v[0], int(v[1])) for k, v in self._source_times.items()}
 
     def state_dict(self) -> dict:
         """Position after the last batch yielded; a finished epoch is saved as the next one's start.
@@ -297,6 +310,7 @@ class ResumableLoader:
             pos["bad"] = dict(self.fixed_bad)
         pos["bad"] = Counter(pos["bad"])
         self._pos = pos
+        self._source_times = {}
         self.source.prepare_epoch(epoch, pos["batches"], pos["streams"])
         where = f" in {self.description}" if self.description else ""
         batches = iter(self.loader)
@@ -304,7 +318,8 @@ class ResumableLoader:
             while (item := _next_batch(batches)) is not None:
                 images, texts, meta = item
                 self._account(meta)
-                check_bad_fraction(pos["good"], pos["bad"], self.max_bad_fraction, where=where)
+                check_bad_fraction(pos["good"], pos["bad"], self.max_bad_fraction, where=where,
+                                   sampled=self.sampled_counts)
                 if images is not None:
                     yield images, texts
         finally:
@@ -314,12 +329,18 @@ class ResumableLoader:
             if shutdown is not None:
                 shutdown()
         pos["finished"] = True
-        check_bad_fraction(pos["good"], pos["bad"], self.max_bad_fraction, end_of_epoch=True, where=where)
+        if self.check_epoch_fraction:
+            check_bad_fraction(pos["good"], pos["bad"], self.max_bad_fraction, end_of_epoch=True, where=where,
+                               sampled=self.sampled_counts)
 
     def _account(self, meta: dict) -> None:
         pos = self._pos
         pos["batches"] += meta.get("consumed", 0)
         pos["good"] += meta.get("good", 0)
         merge_counts(pos["bad"], meta.get("bad", {}))
+        for key, (seconds, samples) in meta.get("sources", {}).items():
+            entry = self._source_times.setdefault(key, [0.0, 0])
+            entry[0] += seconds
+            entry[1] += samples
         if meta.get("stream") is not None:
             pos["streams"][meta["stream"]] = meta["position"]

@@ -12,6 +12,12 @@ reads):
 - training samples then go through a 5000/1000 shuffle buffer seeded by (seed, epoch, rank, stream);
   each sample's augmentation is seeded by (seed, epoch, rank, stream, position).
 Resuming replays a stream's raw samples (reading, not decoding) up to the saved position.
+
+Bad-sample accounting counts distinct samples: a training stream that decodes a sample it already
+decoded in this epoch (wrapping around its shards, or drawing a shard again when resampled) does not
+count it again, as good or as bad. This costs one integer per decoded sample and stream for the
+epoch. What a training stream decodes is a random subset of its shards (the shuffle buffer reads
+ahead), so the loader treats the counts as a sample when it checks the bad fraction.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import itertools
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from . import progress
 from .bad_samples import (
     DEFAULT_MAX_BAD_FRACTION,
     MIN_SAMPLES_FOR_CHECK,
@@ -126,7 +134,7 @@ class WdsStream(IterableDataset):
         if not shards:
             raise DataQualityError(f"Stream {stream} of rank {self.rank} has no shards ({len(self.urls)} in total)")
         if not self.is_train:
-            return itertools.chain.from_iterable(iter_shard_samples(u) for u in shards)
+            return itertools.chain.from_iterable(_read_shard(u) for u in shards)
         return self._raw_passes(shards, epoch, stream)
 
     def _raw_passes(self, shards: list[str], epoch: int, stream: int) -> Iterator[dict]:
@@ -136,7 +144,7 @@ class WdsStream(IterableDataset):
                 random.Random(derive_seed("pass", self.seed, epoch, self.rank, stream, npass)).shuffle(order)
             got_any = False
             for url in order:
-                for sample in iter_shard_samples(url):
+                for sample in _read_shard(url):
                     got_any = got_any or "__bad__" not in sample
                     yield sample
             if not got_any:
@@ -151,7 +159,7 @@ class WdsStream(IterableDataset):
         while True:
             url = rng.choices(self.urls, weights=self.weights, k=1)[0] if self.weights else rng.choice(self.urls)
             got_any = False
-            for sample in iter_shard_samples(url):
+            for sample in _read_shard(url):
                 got_any = got_any or "__bad__" not in sample
                 yield sample
             empty_draws = 0 if got_any else empty_draws + 1
@@ -162,8 +170,16 @@ class WdsStream(IterableDataset):
 
     # -- decoded batches ---------------------------------------------------------------------------
 
-    def _load(self, raw: dict, epoch: int, stream: int, index: int, counter: BadSampleCounter) -> tuple | None:
+    def _load(
+        self, raw: dict, epoch: int, stream: int, index: int, counter: BadSampleCounter, decoded: set[int] | None
+    ) -> tuple | None:
         what = f"{raw['__url__']}:{raw['__key__']}"
+        counted = True
+        if decoded is not None:
+            identity = _identity(raw)
+            counted = identity not in decoded
+            decoded.add(identity)
+        start = time.perf_counter()
         try:
             image_ext = check_raw_sample(raw)
             caption = caption_from_bytes(raw[CAPTION_EXT], what)
@@ -171,9 +187,15 @@ class WdsStream(IterableDataset):
             with sample_rng(derive_seed("sample", self.seed, epoch, self.rank, stream, index)):
                 pair = make_pair(image, caption, self.preprocess, self.tokenizer, what, caption_as_list=False)
         except BadSample as exc:
-            counter.add_bad(exc.kind, exc.detail)
+            if counted:
+                counter.add_bad(exc.kind, exc.detail)
+            else:
+                _log.debug("Skipping bad sample again (%s): %s", exc.kind, exc.detail)
             return None
-        counter.add_good()
+        finally:
+            progress.add_time(progress.source_key(raw["__url__"]), time.perf_counter() - start, 0)
+        if counted:
+            counter.add_good()
         return pair
 
     def _batches(self, epoch: int, stream: int, position: dict) -> Iterator[tuple]:
@@ -183,19 +205,27 @@ class WdsStream(IterableDataset):
             rng = random.Random(derive_seed("samples", self.seed, epoch, self.rank, stream))
             raw = buffered_shuffle(raw, *self.sample_shuffle, rng)
         emitted, batches = position["emitted"], position["batches"]
-        for _ in itertools.islice(raw, emitted):
-            pass  # replay without decoding; what was skipped there was counted before the save
+        # Identities of the samples decoded in this epoch (training only: evaluation reads each once).
+        decoded: set[int] | None = set() if self.is_train else None
+        for sample in itertools.islice(raw, emitted):
+            # replay without decoding; what was skipped there was counted before the save
+            if decoded is not None:
+                decoded.add(_identity(sample))
         limit = self.num_worker_batches
         if limit is not None and batches >= limit:
             return
         buf: list = []
+        failed_in_a_row = 0  # decodes (repeats included) since the last good sample
         for sample in raw:
-            pair = self._load(sample, epoch, stream, emitted, counter)
+            pair = self._load(sample, epoch, stream, emitted, counter, decoded)
             emitted += 1
             if pair is None:
-                if counter.good == 0 and counter.total_bad >= MIN_SAMPLES_FOR_CHECK:
-                    raise DataQualityError(f"No valid sample among {counter.total_bad} read: {dict(counter.bad)}")
+                failed_in_a_row += 1
+                if counter.good == 0 and failed_in_a_row >= MIN_SAMPLES_FOR_CHECK:
+                    raise DataQualityError(
+                        f"No valid sample among {failed_in_a_row} read (distinct bad: {dict(counter.bad)})")
                 continue
+            failed_in_a_row = 0
             buf.append(pair)
             if len(buf) == self.batch_size:
                 batches += 1
@@ -208,7 +238,7 @@ class WdsStream(IterableDataset):
             yield self._emit(buf, stream, emitted, batches, counter)
         good, bad = counter.take_delta()
         if good or bad:  # skips after the last batch still reach the main process
-            yield None, None, {"consumed": 0, "good": good, "bad": bad}
+            yield None, None, {"consumed": 0, "good": good, "bad": bad, "sources": progress.take_times()}
 
     def _emit(self, buf: list, stream: int, emitted: int, batches: int, counter: BadSampleCounter) -> tuple:
         good, bad = counter.take_delta()
@@ -218,8 +248,28 @@ class WdsStream(IterableDataset):
             "position": {"emitted": emitted, "batches": batches},
             "good": good,
             "bad": bad,
+            "sources": progress.take_times(),
         }
         return collate_with_meta(buf, meta)
+
+
+def _identity(raw: dict) -> int:
+    """A sample's identity within one stream and epoch (Python's hash is stable within a process)."""
+    return hash((raw["__url__"], raw["__key__"], raw.get("__detail__")))
+
+
+def _read_shard(url: str) -> Iterator[dict]:
+    """Raw samples of ``url``, timing the reads per data source and recording the shard being read."""
+    key = progress.source_key(url)
+    progress.set_current(url)
+    samples = iter_shard_samples(url)
+    while True:
+        start = time.perf_counter()
+        sample = next(samples, None)
+        progress.add_time(key, time.perf_counter() - start, 0 if sample is None else 1)
+        if sample is None:
+            return
+        yield sample
 
 
 def _effective_workers(workers: int, num_shards: int, world_size: int, split_shards: bool, is_train: bool) -> int:
@@ -322,7 +372,7 @@ def build_wds_loader(
     description = urls if isinstance(urls, str) else f"{len(shards)} shards"
     wrapped = ResumableLoader(
         loader, stream, shared_epoch, num_batches=num_batches, num_samples=num_samples, kind="stream",
-        max_bad_fraction=max_bad_fraction, description=description,
+        max_bad_fraction=max_bad_fraction, description=description, sampled_counts=is_train,
         layout={"rank": stream.rank, "world_size": stream.world_size, "batch_size": batch_size},
     )
     return DataInfo(wrapped, shared_epoch=shared_epoch)
