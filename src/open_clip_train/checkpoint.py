@@ -10,18 +10,26 @@ A checkpoint is a dict of tensors and plain containers (loadable with ``weights_
 - ``rng``: torch/CUDA/numpy/python RNG states as tensors; ``epoch_start_rng``: the RNG at the start
   of the epoch (used to rebuild the data order when the loader has no state of its own).
 - ``data_state``: the train loader's ``state_dict()`` when it offers one.
+- ``train_state``: the loop's own counters (non-finite steps in a row).
 
 Files are written to a temporary file in the same directory, flushed and fsynced, then renamed
-over the target, and the directory is fsynced: a crash leaves either the old or the new file.
+over the target, and the directory is fsynced: a crash leaves either the old or the new file. The
+file gets the permissions the umask gives (usually 0644), so other users and eval jobs can read it.
+A save that fails (disk full, quota, permission) removes its temporary file, leaves the previous
+checkpoint untouched and raises :class:`CheckpointWriteError` naming the path and the cause. Old step
+checkpoints are deleted only after the new one is durable (``--keep-step-checkpoints``).
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
 import random
 import re
+import secrets
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .checkpoint_index import read_global_step
+from .errors import CheckpointWriteError, ConfigError
 from .file_utils import pt_load
 
 # File name of the copy rewritten after every epoch with --save-most-recent (3.3's name for it).
@@ -86,10 +95,32 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_TMP_SUFFIX = ".tmp"
+
+
+def _remove_stale_temp_files(directory: str, target: str) -> None:
+    """Delete temp files a killed process left behind for ``target`` (each can be as big as a checkpoint)."""
+    mine = f".{os.getpid()}."
+    for stale in glob.glob(os.path.join(directory, glob.escape(target) + ".*" + _TMP_SUFFIX)):
+        if mine not in os.path.basename(stale):
+            try:
+                os.remove(stale)
+            except OSError:
+                pass
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temp file in the target's directory, fsync, then rename over ``path``."""
+    """``torch.save`` to a temp file in the target's directory, fsync, then rename over ``path``.
+
+    Raises the ``OSError`` of a failed write after removing the temp file (``path`` is untouched).
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    base = os.path.basename(path)
+    _remove_stale_temp_files(directory, base)
+    tmp_path = os.path.join(directory, f"{base}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+    # os.open with 0o666 lets the umask decide the permissions, as a plain open() would (mkstemp
+    # would make the checkpoint 0600, unreadable for other users and eval jobs).
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -102,6 +133,17 @@ def atomic_save(obj: Any, path: str) -> None:
             os.remove(tmp_path)
         raise
     _fsync_dir(directory)
+
+
+def _save_or_raise(ckpt: dict[str, Any], path: str) -> None:
+    """:func:`atomic_save`, turning a failed write into a one-line :class:`CheckpointWriteError`."""
+    try:
+        atomic_save(ckpt, path)
+    except OSError as e:
+        raise CheckpointWriteError(path, e) from e
+    except RuntimeError as e:  # torch.save reports some write failures (e.g. a full disk) as RuntimeError
+        cause = OSError(errno.EIO, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise CheckpointWriteError(path, cause) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +160,7 @@ class SavePolicy:
     save_most_recent: bool = False
     delete_previous: bool = False
     save_every_n_steps: int = 0
+    keep_step_checkpoints: int = 1  # newest step_*.pt files kept; 0 keeps all
 
 
 def build_checkpoint(
@@ -156,40 +199,66 @@ def save_epoch_checkpoint(ckpt: dict[str, Any], completed_epoch: int, policy: Sa
 
     ``--delete-previous-checkpoint`` removes the previously *saved* epoch file (N - save_frequency)
     and only after a new one was written (3.3 deleted N-1 and could lose the only checkpoint).
+    Step checkpoints are left to :func:`save_step_checkpoint`'s retention. A failed write raises
+    :class:`CheckpointWriteError` and deletes nothing.
     """
     written = []
     due = completed_epoch == policy.epochs or (
         policy.save_frequency > 0 and completed_epoch % policy.save_frequency == 0)
     if due:
         path = os.path.join(policy.checkpoint_path, f"epoch_{completed_epoch}.pt")
-        atomic_save(ckpt, path)
+        _save_or_raise(ckpt, path)
         written.append(path)
         if policy.delete_previous:
             step_back = policy.save_frequency if policy.save_frequency > 0 else 1
             _remove_if_exists(os.path.join(policy.checkpoint_path, f"epoch_{completed_epoch - step_back}.pt"))
-            for old in list_step_checkpoints(policy.checkpoint_path):
-                _remove_if_exists(old)
     if policy.save_most_recent:
         path = os.path.join(policy.checkpoint_path, LATEST_CHECKPOINT_NAME)
-        atomic_save(ckpt, path)
+        _save_or_raise(ckpt, path)
         written.append(path)
     return written
 
 
 def save_step_checkpoint(ckpt: dict[str, Any], policy: SavePolicy) -> str:
-    """Write ``step_<global_step>.pt``; with delete-previous, remove older step files afterwards."""
+    """Write ``step_<global_step>.pt``, then keep only the newest ``keep_step_checkpoints`` step files.
+
+    Older step files are deleted only once the new one is durable (written, fsynced, renamed); files
+    with a larger step (from a run that was resumed from an earlier checkpoint) are left alone.
+    """
     path = os.path.join(policy.checkpoint_path, f"step_{ckpt['global_step']}.pt")
-    atomic_save(ckpt, path)
-    if policy.delete_previous:
-        for old in list_step_checkpoints(policy.checkpoint_path):
-            if os.path.abspath(old) != os.path.abspath(path):
-                _remove_if_exists(old)
+    _save_or_raise(ckpt, path)
+    prune_step_checkpoints(policy.checkpoint_path, int(ckpt["global_step"]), policy.keep_step_checkpoints)
     return path
 
 
+def prune_step_checkpoints(checkpoint_path: str, newest_step: int, keep: int) -> list[str]:
+    """Delete ``step_<S>.pt`` with ``S < newest_step`` beyond the ``keep - 1`` newest; return the deleted paths."""
+    if keep <= 0:
+        return []
+    older = [(s, p) for s, p in _step_files(checkpoint_path) if s < newest_step]
+    older.sort()
+    doomed = [p for _, p in older[: max(0, len(older) - (keep - 1))]]
+    for old in doomed:
+        _remove_if_exists(old)
+    return doomed
+
+
+def _step_files(checkpoint_path: str) -> list[tuple[int, str]]:
+    files = []
+    for path in glob.glob(os.path.join(checkpoint_path, "step_*.pt")):
+        m = re.fullmatch(r"step_(\d+)\.pt", os.path.basename(path))
+        if m:
+            files.append((int(m.group(1)), path))
+    return files
+
+
 def _remove_if_exists(path: str) -> None:
-    if os.path.exists(path):
+    try:
         os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a leftover old file must not stop the run; the new checkpoint is safe
+        logging.warning(f"Could not delete old checkpoint {path}: {e}")
 
 
 def list_step_checkpoints(checkpoint_path: str) -> list[str]:
@@ -220,7 +289,8 @@ def get_latest_checkpoint(path: str, remote: bool = False) -> str | None:
     """Newest checkpoint in ``path``: largest global step across ``epoch_*`` and ``step_*`` files.
 
     Ties (e.g. ``epoch_3.pt`` and ``epoch_latest.pt``) and 3.3 files without a global step are
-    ordered by name with :func:`natural_key`. Remote (s3) directories are ordered by name only.
+    ordered by name with :func:`natural_key`. Remote (s3) step files are ranked by the step in
+    their name and the newest epoch file by the global step in its first bytes.
     """
     if remote:
         return _get_latest_remote(path)
@@ -237,21 +307,47 @@ def get_latest_checkpoint(path: str, remote: bool = False) -> str | None:
     return max(ranked)[-1]
 
 
-def _get_latest_remote(path: str) -> str | None:
-    import subprocess
-
+def _aws(*args: str) -> subprocess.CompletedProcess:
     try:
-        result = subprocess.run(["aws", "s3", "ls", path + "/"], capture_output=True)
+        return subprocess.run(["aws", *args], capture_output=True)
     except FileNotFoundError as e:
         raise ConfigError("--resume latest with --remote-sync (s3) needs the `aws` command line tool; "
                           "it is not installed.") from e
+
+
+def _remote_head(url: str, nbytes: int) -> bytes:
+    """The first ``nbytes`` of an s3 object (a ranged get; the whole object if that is refused)."""
+    bucket, _, key = url[len("s3://"):].partition("/") if url.startswith("s3://") else ("", "", url)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "head")
+        result = _aws("s3api", "get-object", "--bucket", bucket, "--key", key, "--range", f"bytes=0-{nbytes - 1}", out)
+        if result.returncode != 0 or not os.path.exists(out):
+            result = _aws("s3", "cp", url, out)
+        if result.returncode != 0 or not os.path.exists(out):
+            return b""
+        with open(out, "rb") as f:
+            return f.read(nbytes)
+
+
+def _get_latest_remote(path: str) -> str | None:
+    """Newest remote checkpoint by global step: ``step_<S>.pt`` names it, an epoch file's header tells it."""
+    result = _aws("s3", "ls", path + "/")
     if result.returncode == 1:
         return None
     names = [line.split(" ")[-1] for line in result.stdout.decode("utf-8").split("\n") if line.strip()]
     names = [n for n in names if n.endswith(".pt")]
     if not names:
         return None
-    return os.path.join(path, sorted(names, key=natural_key)[-1])
+    steps = sorted((int(m.group(1)), n) for n in names if (m := re.fullmatch(r"step_(\d+)\.pt", n)))
+    others = sorted((n for n in names if not re.fullmatch(r"step_(\d+)\.pt", n)), key=natural_key)
+    if not steps or not others:
+        return os.path.join(path, steps[-1][1] if steps else others[-1])
+    newest_step, step_name = steps[-1]
+    other_step = read_global_step(lambda n: _remote_head(os.path.join(path, others[-1]), n))
+    # At equal steps prefer the epoch file (it also records the finished epoch's evaluation), as locally.
+    if other_step is not None and other_step >= newest_step:
+        return os.path.join(path, others[-1])
+    return os.path.join(path, step_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,6 +431,7 @@ def resume_from_checkpoint(
         rng_per_rank=checkpoint.get("rng_per_rank"),
         epoch_start_rng=checkpoint.get("epoch_start_rng"),
         data_state=checkpoint.get("data_state"),
+        extras={"train_state": checkpoint["train_state"]} if "train_state" in checkpoint else {},
     )
     logging.info(f"=> resuming checkpoint '{path}' (epoch {state.start_epoch})")
     return state
