@@ -1,13 +1,15 @@
 """The training step loop: one epoch of forward, loss, backward and optimizer steps.
 
 Handles autocast, the fp16 GradScaler, gradient accumulation with feature caching (3.3's
-``--accum-freq``), gradient clipping, the logit-scale clamp, distillation, skipping steps whose
-loss is not finite, per-step logging, and mid-epoch resume (skipping already consumed batches).
+``--accum-freq``), gradient clipping, the logit-scale clamp, distillation, skipping non-finite
+steps on the device (``step_guard``), per-step logging (``step_log``), timing the waits for data
+(and letting a stall watchdog see them), and mid-epoch resume (skipping already consumed batches).
+A step reads nothing back from the device except at log steps.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -15,39 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from open_clip.model import CLIP, CustomTextCLIP  # noqa: F401 (3.3 exposed these here)
 
-from .distributed import is_master
-from .errors import TrainingError
+from .distributed import all_reduce_max, is_master
 from .evaluate import evaluate, get_clip_metrics, maybe_compute_generative_loss  # noqa: F401 (3.3 names)
 from .precision import get_autocast, get_input_dtype
+from .step_guard import NonFiniteGuard, guarded_step, nonfinite_flag, poison_loss, sanitize_logit_params
+from .step_log import AverageMeter, StepLogger  # noqa: F401 (AverageMeter: a 3.3 name of this module)
 from .zero_shot import zero_shot_eval  # noqa: F401 (3.3 name)
 
 try:
     import wandb
 except ImportError:
     wandb = None
-
-
-class AverageMeter:
-    """Running value/average of a scalar."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.val = 0.0
-        self.avg = 0.0
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, val: float, n: int = 1) -> None:
-        self.val = val
-        self.sum += val * n
-        self.count += n
-        self.avg = self.sum / self.count
 
 
 def postprocess_clip_output(model_out):
@@ -71,11 +54,18 @@ class TrainState:
     """Progress carried across epochs and into checkpoints."""
 
     global_step: int = 0  # optimizer steps completed (skipped non-finite steps count too)
-    nonfinite_in_a_row: int = 0
     start_batch: int = 0  # micro-batches of the current epoch already consumed (mid-epoch resume)
     resume_rng: dict | None = None  # RNG to restore after skipping ``start_batch`` batches
     epoch_start_rng: dict | None = None  # RNG right before the epoch's data iterator was created
     data_state: dict | None = None  # loader state from a step checkpoint
+    guard: NonFiniteGuard | None = None  # device-side non-finite step counters (made by the loop)
+    # Seconds the last epoch waited for data and spent in steps in all (reporting only, not saved).
+    epoch_timing: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def nonfinite_in_a_row(self) -> int:
+        """Non-finite steps in a row as of the last log step (the device count is read only then)."""
+        return self.guard.in_a_row if self.guard is not None else 0
 
 
 # Called after each optimizer step with (state, epoch, micro-batches consumed in this epoch).
@@ -119,14 +109,6 @@ def epoch_batches(data_info, state: TrainState) -> Iterator[tuple[int, Any]]:
     yield from enumerate(iterator, start=start)
 
 
-def _all_finite(total_loss: torch.Tensor, distributed: bool) -> bool:
-    """Whether the loss is finite on every rank (all ranks must agree to skip together)."""
-    flag = torch.isfinite(total_loss.detach()).all().to(torch.float32).reshape(1)
-    if distributed and dist.is_available() and dist.is_initialized():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
 def _model_forward(model, dist_model, images, texts, distill: bool) -> dict:
     model_out = model(images, texts)
     if distill:
@@ -145,12 +127,29 @@ def _compute_losses(loss, model_out: dict) -> dict:
     return losses
 
 
-def _accum_step(model, loss, accum, autocast, scaler, args) -> tuple[dict | None, bool]:
-    """Backward over cached micro-batches, each re-forwarded with grad (3.3 feature caching)."""
-    losses, finite = None, True
+def _forward_backward(model, dist_model, loss, images, texts, autocast, scaler, distill: bool):
+    """One forward/backward; returns ``(losses, non-finite flag on the device, logit scale used)``."""
+    with autocast():
+        model_out = _model_forward(model, dist_model, images, texts, distill)
+        used_scale = model_out["logit_scale"]
+        model_out, params_bad = sanitize_logit_params(model_out)
+        losses = _compute_losses(loss, model_out)
+    bad = nonfinite_flag(losses["loss"], params_bad)
+    backward(poison_loss(losses["loss"], bad), scaler)
+    return losses, bad, used_scale
+
+
+def _accum_step(model, loss, accum, autocast, scaler, args):
+    """Backward over cached micro-batches, each re-forwarded with grad (3.3 feature caching).
+
+    Returns ``(losses of the last micro-batch, non-finite flag of any, logit scale used)``.
+    """
+    losses = bad_any = used_scale = None
     for j in range(args.accum_freq):
         with autocast():
             model_out = model(accum["images"][j], accum["texts"][j])
+            used_scale = model_out["logit_scale"]
+            model_out, params_bad = sanitize_logit_params(model_out)
             fixed = {"logit_scale": model_out.pop("logit_scale")}
             if "logit_bias" in model_out:
                 fixed["logit_bias"] = model_out.pop("logit_bias")
@@ -158,53 +157,68 @@ def _accum_step(model, loss, accum, autocast, scaler, args) -> tuple[dict | None
             inputs = {k: torch.cat(feats[k][:j] + [model_out[k]] + feats[k][j + 1:]) for k in feats}
             losses = _compute_losses(loss, {**inputs, **fixed})
             del inputs, fixed
-        finite = _all_finite(losses["loss"], args.distributed)
-        if not finite:
-            break
-        backward(losses["loss"], scaler)
-    return losses, finite
+        bad = nonfinite_flag(losses["loss"], params_bad)
+        bad_any = bad if bad_any is None else bad_any | bad
+        backward(poison_loss(losses["loss"], bad), scaler)
+    return losses, bad_any, used_scale
 
 
-def _optimizer_step(model, optimizer, scaler, args) -> None:
-    clip = args.grad_clip_norm
+def _clip(model, args) -> None:
+    if args.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip_norm, norm_type=2.0)
+
+
+def _optimizer_step(model, optimizer, scaler, args, guard: NonFiniteGuard, bad: torch.Tensor) -> torch.Tensor:
+    """Clip and step, skipping a non-finite step on the device; returns ``found_inf`` for the counters."""
+    horovod = getattr(args, "horovod", False)
+    if horovod:
+        optimizer.synchronize()
+    skip_sync = optimizer.skip_synchronize if horovod else contextlib.nullcontext
     if scaler is not None:
-        if getattr(args, "horovod", False):
-            optimizer.synchronize()
+        # The scaler skips the step itself (a non-finite step has NaN gradients) and backs off its scale,
+        # as 3.3 does; fp16 gradient overflows are its business and are not counted here. The flag is
+        # made the same on every rank so that all ranks stop together.
+        found_inf = all_reduce_max(bad.float(), args)
+        if args.grad_clip_norm is not None:
             scaler.unscale_(optimizer)
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, norm_type=2.0)
-            with optimizer.skip_synchronize():
-                scaler.step(optimizer)
-        else:
-            if clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, norm_type=2.0)
+            _clip(model, args)
+        with skip_sync():
             scaler.step(optimizer)
         scaler.update()
-    else:
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip, norm_type=2.0)
-        optimizer.step()
+        return found_inf
+    # After DDP's all-reduce every rank holds the same gradients, hence the same decision.
+    found_inf = guard.check_grads(optimizer)
+    _clip(model, args)
+    with skip_sync():
+        guarded_step(optimizer, found_inf)
+    return found_inf
 
 
-def _handle_nonfinite(state: TrainState, step: int, losses: dict | None, optimizer, args) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    state.nonfinite_in_a_row += 1
-    value = None if losses is None else float(losses["loss"].detach().float().item())
-    logging.warning(f"Non-finite loss ({value}) at global step {step}; skipping this step "
-                    f"({state.nonfinite_in_a_row}/{args.max_nonfinite_steps} in a row).")
-    if args.max_nonfinite_steps and state.nonfinite_in_a_row >= args.max_nonfinite_steps:
-        raise TrainingError(
-            f"Loss was not finite for {state.nonfinite_in_a_row} steps in a row, last at global step {step} "
-            f"(--max-nonfinite-steps {args.max_nonfinite_steps}). Stopped; saved checkpoints are intact. "
-            "Try a lower --lr, --grad-clip-norm, or --precision amp_bf16/fp32.")
+def _timed(batches: Iterator, logger: StepLogger, watchdog) -> Iterator:
+    """Yield from ``batches``, timing each wait for the next batch (and showing it to the stall watchdog)."""
+    batches = iter(batches)
+    while True:
+        start = time.time()
+        with watchdog.waiting() if watchdog is not None else contextlib.nullcontext():
+            item = next(batches, None)
+        if item is None:
+            return
+        waited = time.time() - start
+        logger.data_wait.update(waited)
+        logger.epoch_wait += waited
+        yield item
 
 
 def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None,
-                    state: TrainState | None = None, step_hook: StepHook | None = None) -> TrainState:
-    """Train for one epoch (3.3 signature plus resumable ``state`` and a per-step ``step_hook``)."""
+                    state: TrainState | None = None, step_hook: StepHook | None = None,
+                    watchdog: Any = None) -> TrainState:
+    """Train for one epoch (3.3 signature plus resumable ``state``, a per-step ``step_hook`` and a
+    stall ``watchdog`` with a ``waiting()`` context manager wrapped around every wait for data)."""
     state = state if state is not None else TrainState()
     device = torch.device(args.device)
+    if state.guard is None:
+        state.guard = NonFiniteGuard(args.max_nonfinite_steps, device)
+    guard = state.guard
     autocast = get_autocast(args.precision, device_type=device.type)
     input_dtype = get_input_dtype(args.precision)
     distill = bool(getattr(args, "distill", False))
@@ -215,11 +229,11 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
     data["train"].set_epoch(epoch)
     dataloader = data["train"].dataloader
     num_batches_per_epoch = dataloader.num_batches // args.accum_freq
-    logger = _StepLogger(args, dataloader, num_batches_per_epoch, epoch, tb_writer)
+    logger = StepLogger(args, dataloader, num_batches_per_epoch, epoch, tb_writer)
     accum = {"images": [], "texts": [], "features": {}}
 
     end = time.time()
-    for i, batch in epoch_batches(data["train"], state):
+    for i, batch in _timed(epoch_batches(data["train"], state), logger, watchdog):
         i_accum = i // args.accum_freq
         step = num_batches_per_epoch * epoch + i_accum
         if i_accum >= num_batches_per_epoch:
@@ -234,12 +248,8 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
         optimizer.zero_grad()
 
         if args.accum_freq == 1:
-            with autocast():
-                model_out = _model_forward(model, dist_model, images, texts, distill)
-                losses = _compute_losses(loss, model_out)
-            finite = _all_finite(losses["loss"], args.distributed)
-            if finite:
-                backward(losses["loss"], scaler)
+            losses, bad, used_scale = _forward_backward(model, dist_model, loss, images, texts, autocast, scaler,
+                                                        distill)
         else:
             with torch.no_grad(), autocast():
                 model_out = model(images, texts)
@@ -252,77 +262,24 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
             if (i + 1) % args.accum_freq > 0:
                 continue
             optimizer.zero_grad()
-            losses, finite = _accum_step(model, loss, accum, autocast, scaler, args)
+            losses, bad, used_scale = _accum_step(model, loss, accum, autocast, scaler, args)
             accum = {"images": [], "texts": [], "features": {}}
 
-        if finite:
-            _optimizer_step(model, optimizer, scaler, args)
-            state.nonfinite_in_a_row = 0
-        else:
-            _handle_nonfinite(state, step, losses, optimizer, args)
-
+        found_inf = _optimizer_step(model, optimizer, scaler, args, guard, bad)
+        guard.record(found_inf, step)
         with torch.no_grad():
             unwrap_model(model).logit_scale.clamp_(0, math.log(100))
         state.global_step = step + 1
 
         logger.batch_time.update(time.time() - end)
+        logger.epoch_time += time.time() - end
         end = time.time()
-        if is_master(args) and finite:
-            logger.maybe_log(i_accum, step, len(images), losses, model, optimizer)
+        if logger.due(i_accum):
+            guard.poll()  # every rank, at the same steps: they stop together
+            if is_master(args):
+                logger.log(i_accum, step, len(images), losses, used_scale, optimizer)
         if step_hook is not None:
             step_hook(state, epoch, (i_accum + 1) * args.accum_freq)
+    guard.poll()
+    state.epoch_timing = (logger.epoch_wait, logger.epoch_time)
     return state
-
-
-class _StepLogger:
-    """Per-step console line and tensorboard/wandb scalars, as in 3.3."""
-
-    def __init__(self, args, dataloader, num_batches_per_epoch: int, epoch: int, tb_writer):
-        self.args, self.dataloader, self.epoch, self.tb_writer = args, dataloader, epoch, tb_writer
-        self.num_batches_per_epoch = num_batches_per_epoch
-        self.sample_digits = math.ceil(math.log(dataloader.num_samples + 1, 10))
-        self.batch_time, self.data_time = AverageMeter(), AverageMeter()
-        self.losses_m: dict[str, AverageMeter] = {}
-
-    def maybe_log(self, i_accum: int, step: int, batch_size: int, losses: dict, model, optimizer) -> None:
-        args = self.args
-        batch_count = i_accum + 1
-        if not (i_accum % args.log_every_n_steps == 0 or batch_count == self.num_batches_per_epoch):
-            return
-        num_samples = batch_count * batch_size * args.accum_freq * args.world_size
-        samples_per_epoch = self.dataloader.num_samples
-        percent_complete = 100.0 * batch_count / self.num_batches_per_epoch
-        for key, val in losses.items():
-            self.losses_m.setdefault(key, AverageMeter()).update(val.item(), batch_size)
-        logit_scale_scalar = unwrap_model(model).logit_scale.exp().item()
-        loss_log = " ".join(
-            f"{name.capitalize()}: {m.val:#.5g} ({m.avg:#.5g})" for name, m in self.losses_m.items())
-        samples_per_second = args.accum_freq * args.batch_size * args.world_size / max(self.batch_time.val, 1e-12)
-        samples_per_second_per_gpu = args.accum_freq * args.batch_size / max(self.batch_time.val, 1e-12)
-        lr = optimizer.param_groups[0]["lr"]
-        logging.info(
-            f"Train Epoch: {self.epoch} [{num_samples:>{self.sample_digits}}/{samples_per_epoch} "
-            f"({percent_complete:.0f}%)] "
-            f"Data (t): {self.data_time.avg:.3f} "
-            f"Batch (t): {self.batch_time.avg:.3f}, {samples_per_second:#g}/s, {samples_per_second_per_gpu:#g}/s/gpu "
-            f"LR: {lr:5f} "
-            f"Logit Scale: {logit_scale_scalar:.3f} " + loss_log
-        )
-        log_data = {
-            "data_time": self.data_time.val,
-            "batch_time": self.batch_time.val,
-            "samples_per_second": samples_per_second,
-            "samples_per_second_per_gpu": samples_per_second_per_gpu,
-            "scale": logit_scale_scalar,
-            "lr": lr,
-        }
-        log_data.update({name: m.val for name, m in self.losses_m.items()})
-        log_data = {"train/" + name: val for name, val in log_data.items()}
-        if self.tb_writer is not None:
-            for name, val in log_data.items():
-                self.tb_writer.add_scalar(name, val, step)
-        if getattr(args, "wandb", False) and wandb is not None:
-            log_data["step"] = step
-            wandb.log(log_data, step=step)
-        self.batch_time.reset()
-        self.data_time.reset()

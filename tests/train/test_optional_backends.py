@@ -147,8 +147,14 @@ class FakeHorovod(types.ModuleType):
     def broadcast_optimizer_state(self, optimizer, root_rank):
         self.calls.append(("broadcast_optimizer_state", root_rank))
 
+    Max = "max"  # horovod's reduction op constant
+
     def allgather(self, tensor):
         self.calls.append("allgather")
+        return tensor
+
+    def allreduce(self, tensor, op=None):
+        self.calls.append(("allreduce", op))
         return tensor
 
     def allgather_object(self, obj):
