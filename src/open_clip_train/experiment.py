@@ -58,6 +58,10 @@ def validate_args(args) -> None:
         raise ConfigError(f"--accum-freq {args.accum_freq}: must be >= 1.")
     if args.save_every_n_steps < 0:
         raise ConfigError(f"--save-every-n-steps {args.save_every_n_steps}: must be >= 0 (0 = off).")
+    if args.keep_step_checkpoints < 0:
+        raise ConfigError(f"--keep-step-checkpoints {args.keep_step_checkpoints}: must be >= 0 (0 keeps all).")
+    if not args.data_stall_timeout >= 0:  # also rejects nan
+        raise ConfigError(f"--data-stall-timeout {args.data_stall_timeout}: must be >= 0 seconds (0 disables).")
     if args.distill:
         if args.siglip:
             raise ConfigError("--siglip cannot be combined with --distill-model/--distill-pretrained "

@@ -1,13 +1,15 @@
 """Entry point of the training app: ``python -m open_clip_train.main <flags>``.
 
-``main(argv)`` wires the components (setup, model, optimizer, resume, data, train/eval/save loop)
-and returns -1 on a configuration error or a stopped run (as 3.3 does), ``None`` on success.
-The command line exits with 2 on configuration errors and 1 when training had to stop.
-Also runs as a script: ``python -u src/open_clip_train/main.py``.
+``main(argv)`` wires the components (setup, model, optimizer, resume, data, then evaluation or the
+training session) and returns -1 on a configuration error or a stopped run (as 3.3 does), ``None``
+on success. A run preempted by SIGTERM/SIGUSR1 saves a checkpoint and exits with 128 + the signal
+number (``SystemExit``). The command line exits with 2 on configuration errors and 1 when training
+had to stop. Also runs as a script: ``python -u src/open_clip_train/main.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -26,24 +28,18 @@ from open_clip.optional_modules import optional_module_attributes
 from open_clip_train import experiment as exp
 from open_clip_train.checkpoint import (  # noqa: F401
     LATEST_CHECKPOINT_NAME,
-    SavePolicy,
-    build_checkpoint,
     get_latest_checkpoint,
     natural_key,
     resume_from_checkpoint,
-    save_epoch_checkpoint,
-    save_step_checkpoint,
-    set_rng_state,
 )
 from open_clip_train.data import get_data
 from open_clip_train.distributed import (  # noqa: F401
-    all_gather_object,
-    barrier,
     broadcast_object,
+    host_group,
     init_distributed_device,
     is_master,
 )
-from open_clip_train.errors import ConfigError, TrainingError
+from open_clip_train.errors import ConfigError, Preempted, StallError, TrainingError
 from open_clip_train.evaluate import evaluate
 from open_clip_train.experiment import copy_codebase  # noqa: F401
 from open_clip_train.file_utils import check_exists, pt_load, remote_sync, start_sync_process  # noqa: F401
@@ -51,8 +47,11 @@ from open_clip_train.logger import setup_logging
 from open_clip_train.model_setup import apply_locks, build_loss, create_models, replace_with_bnb_linear, wrap_ddp
 from open_clip_train.optim import create_optimizer, create_scaler
 from open_clip_train.params import parse_args
+from open_clip_train.preemption import requeue_slurm_job
+from open_clip_train.run_state import RunState
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr, create_scheduler  # noqa: F401
-from open_clip_train.train import TrainState, train_one_epoch, unwrap_model
+from open_clip_train.session import FaultTolerance, TrainingSession, make_watchdog, preempted_message
+from open_clip_train.train import TrainState, train_one_epoch, unwrap_model  # noqa: F401
 
 # `hvd`, `wandb`, `tensorboard`: the optional packages (or None) as 3.3 exposed them, imported on first read.
 __getattr__, __dir__ = optional_module_attributes(
@@ -68,24 +67,32 @@ def random_seed(seed: int = 42, rank: int = 0) -> None:
 
 
 def main(args=None):
-    """Run training/evaluation for the flags in ``args``; -1 on a handled error, else None."""
+    """Run training/evaluation for the flags in ``args``; -1 on a handled error, else None.
+
+    A preempted run (SIGTERM/SIGUSR1) raises ``SystemExit(128 + signal number)`` once its checkpoint
+    is written, so every entry point exits the way the scheduler expects.
+    """
     try:
         return run(args)
-    except (ConfigError, TrainingError) as e:
+    except (ConfigError, TrainingError, StallError) as e:
         logging.error(f"Error: {e}")
         return -1
+    except Preempted as p:
+        raise SystemExit(p.exit_code) from None
 
 
 def cli(argv=None) -> int:
-    """Command-line wrapper: exit code 2 for configuration errors, 1 for a stopped run."""
+    """Command-line wrapper: exit code 2 for configuration errors, 1 for a stopped run, 128 + N for signal N."""
     try:
         result = run(argv)
     except ConfigError as e:
         logging.error(f"Error: {e}")
         return 2
-    except TrainingError as e:
+    except (TrainingError, StallError) as e:
         logging.error(f"Error: {e}")
         return 1
+    except Preempted as p:
+        return p.exit_code
     return 2 if result == -1 else 0
 
 
@@ -101,6 +108,8 @@ def run(args=None):
         device = init_distributed_device(args)
     except ImportError as e:
         raise ConfigError(str(e)) from e
+    if args.distributed and not args.horovod:
+        host_group()  # a collective: every rank creates the host-side (gloo) group here, at the same point
 
     # ---- run directory and logging
     args.name = args.name or exp.experiment_name(args)
@@ -154,11 +163,26 @@ def run(args=None):
         optimizer = _maybe_horovod_optimizer(optimizer, model, args)
         scaler = create_scaler(args.precision, device)
     resume = resume_from_checkpoint(args.resume, model, optimizer, scaler) if args.resume else None
-    start_epoch = resume.start_epoch if resume else 0
 
-    # ---- data, schedule, reporters
+    # ---- data, schedule, reporters, then evaluation or the training session
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
-    data = _get_data(args, (preprocess_train, preprocess_val), start_epoch, tokenizer)
+    ft = FaultTolerance.from_args(args)
+    training = bool(args.train_data) or args.dataset_type == "synthetic"
+    watchdog = make_watchdog(ft, args) if training else None
+    try:
+        return _train_or_evaluate(args, ft, watchdog, model, dist_model, (preprocess_train, preprocess_val),
+                                  optimizer, scaler, resume, tokenizer, log_base_path, resume_latest)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+
+def _train_or_evaluate(args, ft: FaultTolerance, watchdog, model, dist_model, preprocess_fns, optimizer, scaler,
+                       resume, tokenizer, log_base_path: str, resume_latest: bool):
+    start_epoch = resume.start_epoch if resume else 0
+    # Opening the data can block too (a CSV on a dead mount): the stall watchdog watches it.
+    with watchdog.waiting("the training data to open") if watchdog is not None else contextlib.nullcontext():
+        data = _get_data(args, preprocess_fns, start_epoch, tokenizer)
     scheduler = None
     if "train" in data and optimizer is not None:
         steps_per_epoch = data["train"].dataloader.num_batches // args.accum_freq
@@ -188,99 +212,21 @@ def run(args=None):
         return None
 
     # ---- train / evaluate / save
-    loss = build_loss(args, unwrap_model(original_model))
-    policy = SavePolicy(args.checkpoint_path, args.epochs, args.save_frequency, args.save_most_recent,
-                        args.delete_previous_checkpoint, args.save_every_n_steps)
-    state = _initial_state(resume, args)
-
-    def checkpoint(epoch: int, batch_in_epoch: int, completed_epoch: int | None = None):
-        rngs = all_gather_object(args, _rng()) if args.distributed else None
-        data_state = _loader_state(data["train"]) if batch_in_epoch else None
-        if batch_in_epoch and args.distributed:
-            # WebDataset positions differ per rank and worker: keep every rank's (the loader picks its own).
-            data_state = all_gather_object(args, data_state)
-        if not args.save_logs:
-            return
-        ckpt = build_checkpoint(
-            model=original_model, optimizer=optimizer, scaler=scaler, name=args.name,
-            epoch=epoch if completed_epoch is None else completed_epoch, global_step=state.global_step,
-            batch_in_epoch=batch_in_epoch, epoch_start_rng=state.epoch_start_rng if batch_in_epoch else None,
-            data_state=data_state, rng_per_rank=rngs)
-        if completed_epoch is None:
-            save_step_checkpoint(ckpt, policy)
-        else:
-            save_epoch_checkpoint(ckpt, completed_epoch, policy)
-
-    def step_hook(st: TrainState, epoch: int, batch_in_epoch: int) -> None:
-        if args.save_every_n_steps and st.global_step % args.save_every_n_steps == 0:
-            checkpoint(epoch, batch_in_epoch)
-
-    for epoch in range(start_epoch, args.epochs):
-        if is_master(args):
-            logging.info(f"Start epoch {epoch}")
-        try:
-            train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args,
-                            tb_writer=writer, state=state, step_hook=step_hook)
-        except _data_errors() as e:
-            raise TrainingError(f"--train-data: {e} (epoch {epoch}); saved checkpoints are intact.") from e
-        completed_epoch = epoch + 1
-        _log_bad_samples(data["train"], completed_epoch, args, writer)
-        if any(v in data for v in ("val", "imagenet-val", "imagenet-v2")):
-            evaluate(model, data, completed_epoch, args, tb_writer=writer, tokenizer=tokenizer)
-            barrier(args)
-        checkpoint(epoch, 0, completed_epoch=completed_epoch)
-        barrier(args)
-
-    _finish(args, sync_process)
-    return None
-
-
-def _log_bad_samples(data_info, epoch: int, args, writer) -> None:
-    """Per-kind counts of the training samples the loader skipped this epoch (corrupt images, ...)."""
-    counts = data_info.bad_sample_counts() if hasattr(data_info, "bad_sample_counts") else {}
-    counts = {kind: n for kind, n in counts.items() if n}
-    if not counts or not is_master(args):
-        return
-    logging.warning(f"Epoch {epoch}: skipped bad training samples: "
-                    + ", ".join(f"{kind}={n}" for kind, n in sorted(counts.items())))
-    if writer is not None:
-        for kind, n in counts.items():
-            writer.add_scalar(f"train/bad_samples/{kind}", n, epoch)
-
-
-def _data_errors() -> tuple:
+    run_state = RunState(model=original_model, optimizer=optimizer, scaler=scaler, data_info=data["train"],
+                         name=args.name, args=args)
+    run_state.load_progress(resume)
+    session = TrainingSession(args=args, model=model, dist_model=dist_model, data=data,
+                              loss=build_loss(args, unwrap_model(original_model)), scheduler=scheduler,
+                              writer=writer, tokenizer=tokenizer, run_state=run_state, ft=ft, watchdog=watchdog)
     try:
-        from open_clip_train.data import DataQualityError
-    except ImportError:
-        return ()
-    return (DataQualityError,)
-
-
-def _rng() -> dict:
-    from open_clip_train.checkpoint import get_rng_state
-
-    return get_rng_state()
-
-
-def _initial_state(resume, args) -> TrainState:
-    """Training progress to continue from (RNG restored now for epoch-boundary resumes)."""
-    if resume is None:
-        return TrainState()
-    rng = resume.rng
-    if resume.rng_per_rank is not None and len(resume.rng_per_rank) == args.world_size:
-        rng = resume.rng_per_rank[args.rank]
-    state = TrainState(global_step=resume.global_step, start_batch=resume.batch_in_epoch)
-    if resume.batch_in_epoch:
-        state.resume_rng, state.epoch_start_rng, state.data_state = rng, resume.epoch_start_rng, resume.data_state
-    elif rng is not None:
-        set_rng_state(rng)
-    return state
-
-
-def _loader_state(data_info):
-    for obj in (data_info, data_info.dataloader):
-        if hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict"):
-            return obj.state_dict()
+        session.run(start_epoch)
+    except Preempted as p:
+        logging.warning(preempted_message(p, args))
+        if ft.slurm_requeue and args.rank == 0:
+            requeue_slurm_job()
+        _finish(args, sync_process)
+        raise
+    _finish(args, sync_process)
     return None
 
 

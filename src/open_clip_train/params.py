@@ -1,8 +1,9 @@
 """Command-line flags of the training app: the only module that sees argparse.
 
 Every flag of OpenCLIP 3.3 keeps its name, type and default; flags are grouped for ``--help``.
-New flags: ``--save-every-n-steps``, ``--max-nonfinite-steps``, ``--loss-chunk-size`` and
-``--data-max-bad-fraction``; ``--layer-decay``, ``--lr-image``, ``--lr-text``, ``--wd-image``, ``--wd-text``
+New flags: ``--save-every-n-steps``, ``--keep-step-checkpoints``, ``--max-nonfinite-steps``,
+``--loss-chunk-size``, ``--data-max-bad-fraction``, ``--data-stall-timeout`` and ``--slurm-requeue``;
+``--layer-decay``, ``--lr-image``, ``--lr-text``, ``--wd-image``, ``--wd-text``
 (per-layer and per-tower learning rates), and ``--dataset-type imagefolder`` with ``--classnames`` /
 ``--templates`` (class folders as image-caption pairs).
 """
@@ -74,6 +75,9 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="Batch size per GPU.")
     g.add_argument("--data-max-bad-fraction", type=float, default=0.1,
                    help="Stop with an error when more than this fraction of samples fail to load.")
+    g.add_argument("--data-stall-timeout", type=float, default=600, metavar="SECONDS",
+                   help="Stop with a 'stall' error (and every thread's stack in the log) when the training "
+                        "loop waited this long for its next batch, or a collective for a peer rank; 0 disables.")
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -237,6 +241,12 @@ def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
                    help="path to latest checkpoint, or 'latest' (default: none)")
     g.add_argument("--delete-previous-checkpoint", default=False, action="store_true",
                    help="If true, delete previous checkpoint after storing a new one.")
+    g.add_argument("--keep-step-checkpoints", type=int, default=1, metavar="N",
+                   help="Keep only the newest N step_<global step>.pt files (0 keeps all); older ones are "
+                        "deleted once the new one is safely on disk.")
+    g.add_argument("--slurm-requeue", default=False, action="store_true",
+                   help="After a preemption checkpoint (SIGTERM/SIGUSR1), rank 0 runs `scontrol requeue "
+                        "$SLURM_JOB_ID` when SLURM_JOB_ID is set.")
     g.add_argument("--remote-sync", type=str, default=None,
                    help="Optinoally sync with a remote path specified by this arg")
     g.add_argument("--remote-sync-frequency", type=int, default=300,

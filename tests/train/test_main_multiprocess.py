@@ -59,7 +59,6 @@ def _final(logs, name, epochs):
     return torch.load(logs / name / "checkpoints" / f"epoch_{epochs}.pt", weights_only=True)["state_dict"]
 
 
-@pytest.mark.slow
 def test_kill9_then_resume_latest_matches_uninterrupted(tmp_path, setup):
     extra = ["--epochs", "3", "--batch-size", "4", "--save-every-n-steps", "1", "--delete-previous-checkpoint"]
     ref = subprocess.run(_main_cmd(_args(setup, tmp_path, "ref", *extra)), env=_env(), capture_output=True)
@@ -106,7 +105,6 @@ def _free_port():
 
 
 @pytest.mark.dist
-@pytest.mark.slow
 def test_torchrun_two_processes_match_double_batch(tmp_path, setup):
     common = ["--epochs", "2", "--report-to", "tensorboard", "--gather-with-grad",
               "--aug-cfg", "scale=(1.0,1.0)", "ratio=(1.0,1.0)"]
@@ -118,7 +116,9 @@ def test_torchrun_two_processes_match_double_batch(tmp_path, setup):
         env.pop(k, None)
     # torchrun's own parser rejects `--logs` (ambiguous with its --logs-specs), so use the default
     # ./logs/ from the run's working directory instead.
-    args = _args(setup, tmp_path, "two", "--batch-size", "4", "--save-every-n-steps", "2", *common)
+    args = _args(setup, tmp_path, "two", "--batch-size", "4", "--save-every-n-steps", "2",
+                 "--keep-step-checkpoints", "0",
+                 *common)
     i = args.index("--logs")
     args = args[:i] + args[i + 2:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
