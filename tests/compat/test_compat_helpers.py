@@ -126,9 +126,6 @@ def test_training_app_exposes_3p3_main_names():
     assert main.create_model_and_transforms is open_clip.create_model_and_transforms
 
 
-@pytest.mark.xfail(
-    strict=True, reason="MultimodalTransformer.build_attention_mask is to be added in src/open_clip/models (issue 15)"
-)
 def test_multimodal_transformer_builds_its_causal_mask():
     decoder = coca_model.MultimodalTransformer(width=32, layers=1, heads=2, context_length=5, output_dim=10)
     mask = decoder.build_attention_mask()  # 3.3: (ctx, ctx) float, 0 on and below the diagonal, -inf above

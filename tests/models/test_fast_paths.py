@@ -507,3 +507,22 @@ def test_fsdp2_keeps_the_fast_paths(tmp_path):
     script.write_text(FSDP_SCRIPT)
     result = subprocess.run([sys.executable, str(script), str(port)], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fast_paths_under_autocast_match_the_plain_forward(dtype, packed_calls):
+    # amp training: the packed path computes in the autocast dtype like the plain one (not bitwise)
+    model = make_clip(CLIP).train()
+    text, images = random_text(6, seed=2), torch.randn(4, 3, 16, 16)
+    lengths = model.pooled_text_lengths(text)
+
+    def run(fast):
+        set_fast(model, fast)
+        with torch.autocast("cpu", dtype=dtype):
+            return model.encode_text(text, text_lengths=lengths), model.encode_image(images)
+
+    (text_fast, image_fast), (text_full, image_full) = run(True), run(False)
+    assert packed_calls and text_fast.dtype == text_full.dtype and image_fast.dtype == image_full.dtype
+    torch.testing.assert_close(text_fast.float(), text_full.float(), atol=3e-2, rtol=0)
+    torch.testing.assert_close(image_fast.float(), image_full.float(), atol=3e-2, rtol=0)
+    (text_fast.float().sum() + image_fast.float().sum()).backward()

@@ -104,6 +104,10 @@ class MultimodalTransformer(Transformer):
         """Refill the causal mask (not in the state dict) in place."""
         assign(self.attn_mask, build_causal_mask(self.attn_mask.shape[0]))
 
+    def build_attention_mask(self) -> torch.Tensor:
+        """Additive causal mask [context_length, context_length] (float32, -inf above the diagonal)."""
+        return build_causal_mask(self.context_length)
+
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

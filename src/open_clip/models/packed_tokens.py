@@ -227,7 +227,9 @@ def sequence_first_attention(
     reference = length * batch
     qkv = linear_rows(h, attn.in_proj_weight, attn.in_proj_bias, reference, fused_bias=batch == 1)
     index = layout.token_pos * batch + layout.token_batch  # rows of the (length, batch) layout
-    slots = layout.scratch if layout.scratch is not None else h.new_zeros(3, reference, width)
+    slots = layout.scratch
+    if slots is None or slots.dtype != qkv.dtype:  # (autocast computes qkv in 16 bits)
+        slots = qkv.new_zeros(3, reference, width)
     slots.index_copy_(1, index, qkv.view(tokens, 3, width).transpose(0, 1))
     q, k, v = (s.view(length, batch * heads, -1).transpose(0, 1).view(batch, heads, length, -1) for s in slots)
     mask = None if attn_mask is None else attn_mask.to(h.dtype).view(1, 1, length, length)

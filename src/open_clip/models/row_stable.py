@@ -104,6 +104,9 @@ def linear_rows(
     ``fused_bias``: the plain forward adds the bias inside the product (``F.linear`` on a contiguous
     input: addmm) rather than after it (``F.linear`` on a non-contiguous 3-D input: mm, then add);
     the two round differently."""
+    if torch.is_autocast_enabled(x.device.type):
+        # autocast casts F.linear's operands (bias included); its bits are not promised anyway
+        return F.linear(x, weight, bias)
     rows = x.shape[0]
     kind = "addmm" if fused_bias and bias is not None else "mm"
     if _needs_stable_rows(x, weight):

@@ -37,6 +37,8 @@ class VisionTransformer(nn.Module):
     # class defaults: towers pickled by 3.3 lack these instance attributes
     last_block_pooled_only = True
     pos_embed_type = "learnable"
+    attn_pool_type = ""
+    attn_pool_contrastive = None
 
     def __init__(
         self,
