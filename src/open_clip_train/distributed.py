@@ -280,6 +280,12 @@ class AsyncVote:
         self._work = dist.all_reduce(self._buf, op=dist.ReduceOp.MAX, group=host_group(), async_op=True)
         return agreed
 
+    def finish(self) -> None:
+        """Wait for the reduction still in flight (its result is no longer needed)."""
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+
     def settle(self, local: int) -> int:
         if self.horovod:
             return self.vote(local)

@@ -64,6 +64,11 @@ class PreemptionHandler:
         """Blocking form of :meth:`poll`, for points where the ranks wait for each other anyway."""
         return self._vote.settle(self.signum)
 
+    def close(self) -> None:
+        """Finish the vote still in flight (every rank has started it) and restore the signal handlers."""
+        self._vote.finish()
+        self.uninstall()
+
 
 def requeue_slurm_job() -> bool:
     """``scontrol requeue $SLURM_JOB_ID`` (SLURM does not requeue a job that exits on its own)."""

@@ -86,10 +86,21 @@ class TrainingSession:
         self.preemption.install()
         try:
             for epoch in range(start_epoch, self.args.epochs):
-                self._train(epoch)
-                self._end_epoch(epoch + 1)
-        finally:
-            self.preemption.uninstall()
+                try:
+                    self._train(epoch)
+                    self._end_epoch(epoch + 1)
+                except RuntimeError as e:  # a collective that failed because a peer hung or died
+                    failure = collective_failure(e, self.args)
+                    if failure is not None:
+                        raise failure from e
+                    raise
+        except Preempted:
+            self.preemption.close()  # every rank stopped at the same step: the last vote completes
+            raise
+        except BaseException:
+            self.preemption.uninstall()  # this rank alone may be failing: do not wait on the others
+            raise
+        self.preemption.close()
 
     def _train(self, epoch: int) -> None:
         args = self.args
@@ -103,11 +114,6 @@ class TrainingSession:
                             step_hook=self._after_step, watchdog=self.watchdog)
         except DataQualityError as e:
             raise TrainingError(f"--train-data: {e} (epoch {epoch}); saved checkpoints are intact.") from e
-        except RuntimeError as e:
-            failure = collective_failure(e, args)
-            if failure is not None:
-                raise failure from e
-            raise
 
     def _after_step(self, progress: Any, epoch: int, batch_in_epoch: int) -> None:
         saved = False

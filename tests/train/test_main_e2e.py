@@ -215,6 +215,8 @@ def test_lock_text_freezes_text_tower(tmp_path, tiny_model):
     (["--report-to", "wandb"], "--report-to wandb"),
     (["--use-bnb-linear", "SwitchBackLinearGlobal"], "--use-bnb-linear"),
     (["--resume", "/nonexistent/epoch_3.pt"], "--resume"),
+    (["--keep-step-checkpoints", "-1"], "--keep-step-checkpoints"),
+    (["--data-stall-timeout", "-5"], "--data-stall-timeout"),
 ])
 def test_config_errors_leave_only_out_log(tmp_path, tiny_model, extra, flag, caplog, monkeypatch):
     for optional in ("wandb", "bitsandbytes"):  # as if not installed (the dev extra installs wandb)

@@ -74,6 +74,21 @@ def test_fifo_csv_in_the_main_process_ends_in_stall_error(tmp_path):
     assert "Stacks of the main process" in proc.stderr
 
 
+@pytest.mark.timeout(180)
+def test_fifo_image_in_a_csv_ends_in_stall_error(tmp_path):
+    model = write_model_dir(str(tmp_path / "model"))
+    csv = write_csv(str(tmp_path / "data"), 8)
+    fifo = tmp_path / "data" / "3.png"
+    os.remove(fifo)
+    os.mkfifo(fifo)  # row 3's image: opening it blocks (a dead mount looks the same to the reader)
+    args = train_args(model, csv, "stall", "--batch-size", "4", "--epochs", "1", "--data-stall-timeout", TIMEOUT,
+                      logs=str(tmp_path / "logs"))
+    proc = subprocess.run(main_cmd(args), env=env(), capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    error = _last_error((tmp_path / "logs" / "stall" / "out.log").read_text())
+    assert "stall" in error.lower() and f"the main process has been reading {fifo}" in error
+
+
 # Rank 1 stops reaching collectives at its third step (as if stuck in a read the watchdog cannot see).
 HANG_ON_RANK_1 = textwrap.dedent("""
     import os, sys, time

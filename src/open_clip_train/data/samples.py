@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,10 @@ def image_from_path(path: str) -> Image.Image:
     if not isinstance(path, str) or not path:
         raise BadSample(MISSING_IMAGE, f"no image path ({path!r})")
     try:
-        if os.path.getsize(path) == 0:
+        info = os.stat(path)
+        # Only a regular file is empty by its size; a pipe or device is opened and read (a read that
+        # blocks is for the stall watchdog to report).
+        if stat.S_ISREG(info.st_mode) and info.st_size == 0:
             raise BadSample(EMPTY_MEMBER, f"{path}: zero-byte image file")
         img = Image.open(path)
     except BadSample:
