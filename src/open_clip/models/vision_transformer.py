@@ -38,7 +38,6 @@ class VisionTransformer(nn.Module):
     last_block_pooled_only = True
     pos_embed_type = "learnable"
     attn_pool_type = ""
-    attn_pool_contrastive = None
 
     def __init__(
         self,
