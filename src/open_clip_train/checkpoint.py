@@ -243,13 +243,15 @@ def prune_step_checkpoints(checkpoint_path: str, newest_step: int, keep: int) ->
     return doomed
 
 
+def step_of(name: str) -> int | None:
+    """The global step in a ``step_<S>.pt`` file name, else None."""
+    m = re.fullmatch(r"step_(\d+)\.pt", os.path.basename(name))
+    return int(m.group(1)) if m else None
+
+
 def _step_files(checkpoint_path: str) -> list[tuple[int, str]]:
-    files = []
-    for path in glob.glob(os.path.join(checkpoint_path, "step_*.pt")):
-        m = re.fullmatch(r"step_(\d+)\.pt", os.path.basename(path))
-        if m:
-            files.append((int(m.group(1)), path))
-    return files
+    paths = glob.glob(os.path.join(checkpoint_path, "step_*.pt"))
+    return [(step_of(p), p) for p in paths if step_of(p) is not None]
 
 
 def _remove_if_exists(path: str) -> None:
@@ -260,9 +262,6 @@ def _remove_if_exists(path: str) -> None:
     except OSError as e:  # a leftover old file must not stop the run; the new checkpoint is safe
         logging.warning(f"Could not delete old checkpoint {path}: {e}")
 
-
-def list_step_checkpoints(checkpoint_path: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(checkpoint_path, "step_*.pt")), key=natural_key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,8 +337,8 @@ def _get_latest_remote(path: str) -> str | None:
     names = [n for n in names if n.endswith(".pt")]
     if not names:
         return None
-    steps = sorted((int(m.group(1)), n) for n in names if (m := re.fullmatch(r"step_(\d+)\.pt", n)))
-    others = sorted((n for n in names if not re.fullmatch(r"step_(\d+)\.pt", n)), key=natural_key)
+    steps = sorted((step_of(n), n) for n in names if step_of(n) is not None)
+    others = sorted((n for n in names if step_of(n) is None), key=natural_key)
     if not steps or not others:
         return os.path.join(path, steps[-1][1] if steps else others[-1])
     newest_step, step_name = steps[-1]
