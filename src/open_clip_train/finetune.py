@@ -111,22 +111,9 @@ def run(argv=None) -> dict:
     templates = _read_templates(args.templates)
 
     # ---- model: the zero-shot CLIP and the classifier head built from it
-    from open_clip.factory import get_tokenizer
-
-    from .model_setup import apply_locks, create_models
-
     _seed(args.seed)
-    args.distill = False
-    model, preprocess_train, preprocess_val, _ = create_models(args, device)
-    apply_locks(model, args)
-    tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
-    autocast = get_autocast(args.precision, device_type=device.type)
-    head = zero_shot_head(model, tokenizer, data.classnames, templates, device, autocast).to(device)
-    zeroshot_head = copy.deepcopy(head)
-    for name, param in model.named_parameters():
-        if not name.startswith("visual."):
-            param.requires_grad_(False)  # only the image tower (and the head) are fine-tuned
-    classifier = ImageClassifier(model.visual, head)
+    model, classifier, zeroshot_head, preprocess_train, preprocess_val = _build_classifier(args, data, templates,
+                                                                                           device)
     zeroshot_weights = _cpu_copy(model)
     logging.info(f"{len(data.classnames)} classes, {len(data.train)} training images, "
                  f"{len(data.val)} validation images, OOD sets: {list(data.ood) or 'none'}; {world} process(es).")
@@ -156,6 +143,24 @@ def run(argv=None) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return results
+
+
+def _build_classifier(args, data: Folders, templates: list, device: torch.device) -> tuple:
+    """``(clip model, ImageClassifier over its image tower, copy of the zero-shot head, train/val transforms)``."""
+    from open_clip.factory import get_tokenizer
+
+    from .model_setup import apply_locks, create_models
+
+    args.distill = False
+    model, preprocess_train, preprocess_val, _ = create_models(args, device)
+    apply_locks(model, args)  # --lock-image (a linear probe), --lock-text, --grad-checkpointing
+    tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
+    autocast = get_autocast(args.precision, device_type=device.type)
+    head = zero_shot_head(model, tokenizer, data.classnames, templates, device, autocast).to(device)
+    for name, param in model.named_parameters():
+        if not name.startswith("visual."):
+            param.requires_grad_(False)  # only the image tower (and the head) are fine-tuned
+    return model, ImageClassifier(model.visual, head), copy.deepcopy(head), preprocess_train, preprocess_val
 
 
 def _read_templates(path: str | None) -> list:
