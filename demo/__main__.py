@@ -1,4 +1,5 @@
-"""`make demo`: generate scenes -> train a small CLIP with the real CLI -> evaluate -> report -> reload.
+"""`make demo`: generate scenes -> train a small CLIP with the real CLI -> evaluate -> fine-tune on a shifted
+style with WiSE-FT (the fine-tuning CLI) -> report -> reload.
 
 Settings come from the environment: DEMO_QUICK=1 runs the same path on far fewer steps (for CI),
 DEMO_OUT picks the output folder (default demo_out/), DEMO_SEED the seed (default 0).
@@ -84,6 +85,7 @@ def _reload_and_classify(config_file: Path, checkpoint: Path, seed: int):
 
 def main() -> int:
     from .evaluate import classify_one, evaluate_all
+    from .finetune_stage import report_section, run_stage
     from .report import parse_losses, plot_confusion, plot_losses, write_report
 
     settings = _settings()
@@ -110,6 +112,11 @@ def main() -> int:
                                       settings["seed"] + 7, IMAGE_SIZE)
     timings["evaluation"] = time.perf_counter() - start
 
+    start = time.perf_counter()
+    stage = run_stage(out, out / "model" / "open_clip_config.json", checkpoint, IMAGE_SIZE, settings["seed"],
+                      quick=settings["mode"] == "quick")
+    timings["fine-tuning + WiSE-FT (CLI)"] = time.perf_counter() - start
+
     losses = parse_losses((experiment / "out.log").read_text())
     plot_losses(losses, out / "loss_curve.png")
     plot_confusion(results[("colour", True)], "colour, held-out pairs", out / "confusion_colour_heldout.png")
@@ -126,10 +133,10 @@ def main() -> int:
                    f"classified an unseen-combination image of **{truth}** (example.png) as "
                    f"**{ranked[0][0]}** (p={ranked[0][1]:.2f}).")
     report = write_report(out, {**settings, "model": json.dumps(MODEL_CFG)}, results, retrieval, losses,
-                          timings, reload_line)
+                          timings, reload_line, sections=report_section(stage))
     (out / "metrics.json").write_text(json.dumps({
         "zero_shot": {f"{task}/{'held_out' if held else 'seen'}": r.accuracy for (task, held), r in results.items()},
-        "retrieval": retrieval, "timings": timings}, indent=2))
+        "retrieval": retrieval, "wise_ft": stage["results"], "timings": timings}, indent=2))
     print(f"\nreport: {report}")
     print(reload_line.replace("**", "").replace("`", ""))
     for prompt, prob in ranked:

@@ -97,8 +97,8 @@ def accuracy_table(results: dict[tuple[str, bool], TaskResult]) -> str:
 
 
 def write_report(out_dir: Path, settings: dict, results, retrieval: dict, losses: list[float],
-                 timings: dict[str, float], reload_line: str) -> Path:
-    """Write report.md next to its figures; returns its path."""
+                 timings: dict[str, float], reload_line: str, sections: str = "") -> Path:
+    """Write report.md next to its figures (``sections``: extra Markdown placed before the timings)."""
     retrieval_rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in retrieval.items())
     timing_rows = "\n".join(f"| {k} | {v:.1f} s |" for k, v in timings.items())
     settings_rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
@@ -128,6 +128,7 @@ generalisation to them. Chance is one over the number of alternatives each promp
 |---|---|
 {settings_rows}
 
+{sections}
 ## Time
 | phase | time |
 |---|---|
