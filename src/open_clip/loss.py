@@ -64,16 +64,15 @@ def _check_pair(image_features, text_features, what: str = "image_features/text_
 
 
 def _check_scalar(value, name: str) -> None:
-    """A finite scalar (one element). Costs one host sync for a device tensor, once per step."""
+    """One element; a Python number must also be finite. A tensor's value is not read (that would
+    wait for the device every step): a non-finite scale gives a non-finite loss, as in 3.3, which
+    the training app counts as a non-finite step."""
     if value is None:
         return
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got shape {tuple(value.shape)}")
-        finite = bool(torch.isfinite(value.detach()).all())
-    else:
-        finite = math.isfinite(value)
-    if not finite:
+    elif not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
 
 
@@ -239,13 +238,21 @@ class CoCaLoss(ClipLoss):
             raise ValueError(
                 f"CoCa logits must be (B, L, V) and labels (B, L), got {tuple(logits.shape)} and {tuple(labels.shape)}"
             )
-        vocab = logits.shape[-1]
-        bad = ((labels < 0) | (labels >= vocab)) & (labels != self.pad_id)
-        if bool(bad.any()):  # one host sync; an out-of-range id would otherwise be a device assert
+
+    def _caption_loss(self, logits, labels):
+        # Label values are only read when the loss fails on them: a check up front would wait for
+        # the device every step (on GPUs an out-of-range id is a device-side assert, as in 3.3).
+        try:
+            return self.caption_loss(logits.permute(0, 2, 1), labels)
+        except (IndexError, RuntimeError) as e:
+            vocab = logits.shape[-1]
+            bad = ((labels < 0) | (labels >= vocab)) & (labels != self.pad_id)
+            if labels.device.type != "cpu" or not bool(bad.any()):
+                raise
             raise ValueError(
                 f"CoCa labels must be in [0, {vocab}) or pad_id={self.pad_id}, got values "
                 f"{labels[bad].unique()[:10].tolist()}"
-            )
+            ) from e
 
     def forward(
         self,
@@ -269,7 +276,7 @@ class CoCaLoss(ClipLoss):
             )
         else:
             clip_loss = torch.tensor(0, device=logits.device)  # int64 zero, as in 3.3
-        caption_loss = self.caption_loss_weight * self.caption_loss(logits.permute(0, 2, 1), labels)
+        caption_loss = self.caption_loss_weight * self._caption_loss(logits, labels)
         if output_dict:
             return {"contrastive_loss": clip_loss, "caption_loss": caption_loss}
         return clip_loss, caption_loss

@@ -109,11 +109,48 @@ def epoch_batches(data_info, state: TrainState) -> Iterator[tuple[int, Any]]:
     yield from enumerate(iterator, start=start)
 
 
-def _model_forward(model, dist_model, images, texts, distill: bool) -> dict:
-    model_out = model(images, texts)
+@dataclass
+class TextBatch:
+    """A batch of token ids on the device, with what the host knew about it: each row's pooled
+    position + 1 for the student and the teacher (None where a tower has no early stop)."""
+
+    tokens: torch.Tensor
+    lengths: list[int] | None = None
+    teacher_lengths: list[int] | None = None
+
+
+def _pooled_lengths(model, texts: torch.Tensor) -> list[int] | None:
+    lengths = getattr(unwrap_model(model), "pooled_text_lengths", None) if model is not None else None
+    return lengths(texts) if lengths is not None else None
+
+
+def prepare_texts(texts: torch.Tensor, model, dist_model, device: torch.device, compiled: bool) -> TextBatch:
+    """Move a CPU batch of token ids to the device, reading on the host what the text early stop
+    needs so that the step never waits for the device. A compiled model gets no lengths (a graph
+    cannot use them without recompiling per batch): its batch is cut instead to a multiple of 16
+    tokens past the longest kept row, so only a few shapes are ever compiled."""
+    lengths = _pooled_lengths(model, texts) if texts.device.type == "cpu" else None
+    teacher = _pooled_lengths(dist_model, texts) if dist_model is not None and texts.device.type == "cpu" else None
+    if compiled:
+        if lengths is not None and (dist_model is None or teacher is not None):
+            longest = max(lengths + (teacher or []))
+            texts = texts[:, : min(texts.shape[1], -(-longest // 16) * 16)]
+        lengths = teacher = None
+    return TextBatch(texts.to(device=device, non_blocking=True), lengths, teacher)
+
+
+def _call(model, images, text: TextBatch, teacher: bool = False):
+    lengths = text.teacher_lengths if teacher else text.lengths
+    if lengths is None:
+        return model(images, text.tokens)
+    return model(images, text.tokens, text_lengths=lengths)
+
+
+def _model_forward(model, dist_model, images, texts: TextBatch, distill: bool) -> dict:
+    model_out = _call(model, images, texts)
     if distill:
         with torch.no_grad():
-            teacher_out = dist_model(images, texts)
+            teacher_out = _call(dist_model, images, texts, teacher=True)
         # DistillClipLoss takes no logit_bias: keep only the contrastive inputs (3.3 bug 12).
         model_out = {k: v for k, v in model_out.items() if k != "logit_bias"}
         model_out.update({f"dist_{k}": v for k, v in teacher_out.items() if k != "logit_bias"})
@@ -147,7 +184,7 @@ def _accum_step(model, loss, accum, autocast, scaler, args):
     losses = bad_any = used_scale = None
     for j in range(args.accum_freq):
         with autocast():
-            model_out = model(accum["images"][j], accum["texts"][j])
+            model_out = _call(model, accum["images"][j], accum["texts"][j])
             used_scale = model_out["logit_scale"]
             model_out, params_bad = sanitize_logit_params(model_out)
             fixed = {"logit_scale": model_out.pop("logit_scale")}
@@ -243,7 +280,7 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
 
         images, texts = batch
         images = images.to(device=device, dtype=input_dtype, non_blocking=True)
-        texts = texts.to(device=device, non_blocking=True)
+        texts = prepare_texts(texts, model, dist_model, device, compiled=bool(getattr(args, "torchcompile", False)))
         logger.data_time.update(time.time() - end)
         optimizer.zero_grad()
 
@@ -252,7 +289,7 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
                                                         distill)
         else:
             with torch.no_grad(), autocast():
-                model_out = model(images, texts)
+                model_out = _call(model, images, texts)
                 for key in ("logit_scale", "logit_bias"):
                     model_out.pop(key, None)
                 for key, val in model_out.items():
