@@ -2,7 +2,9 @@
 
 The console line keeps 3.3's prefix, fields and order (tools parse ``Train Epoch: E [n/N (p%)] ...
 Loss: x``); fields new here are appended at the end: ``data_wait: P%``, the share of the step time
-(since the previous log line) the loop spent waiting for its next batch.
+(since the previous log line) the loop spent waiting for its next batch, then ``MFU: P%``, the model
+FLOP utilisation of one device (FLOPs per sample counted on the epoch's first step, see ``mfu``;
+``n/a`` where the device's peak is unknown).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import math
 from typing import Any
 
 import torch
+
+from .distributed import is_master
+from .mfu import StepFlops, model_flop_utilisation, peak_flops
 
 try:
     import wandb
@@ -49,6 +54,10 @@ class StepLogger:
         self.data_wait = AverageMeter()  # seconds blocked in the loader, per step
         self.epoch_wait = self.epoch_time = 0.0  # whole-epoch totals for the epoch summary
         self.losses_m: dict[str, AverageMeter] = {}
+        # The loop counts FLOPs inside ``flops.counting(...)`` on its first step. The peak is looked up
+        # (on CPU: measured, once per process) here, before the loop's clock starts.
+        self.flops = StepFlops(args.accum_freq)
+        self.peak_flops = peak_flops(args.device, args.precision) if is_master(args) else None
 
     def due(self, i_accum: int) -> bool:
         """3.3's cadence: every ``--log-every-n-steps`` steps and at the last step of the epoch."""
@@ -57,6 +66,11 @@ class StepLogger:
     def data_wait_percent(self) -> float:
         """Share of the step time since the last log line spent waiting for data."""
         return 100.0 * self.data_wait.sum / self.batch_time.sum if self.batch_time.sum > 0 else 0.0
+
+    def mfu_percent(self, samples_per_second_per_gpu: float) -> float | None:
+        """Model FLOP utilisation of one device in percent (None until counted or for an unknown peak)."""
+        mfu = model_flop_utilisation(self.flops.per_sample, samples_per_second_per_gpu, self.peak_flops)
+        return None if mfu is None else 100.0 * mfu
 
     def log(self, i_accum: int, step: int, batch_size: int, losses: dict, logit_scale: torch.Tensor,
             optimizer: Any) -> None:
@@ -75,6 +89,7 @@ class StepLogger:
         samples_per_second_per_gpu = args.accum_freq * args.batch_size / max(self.batch_time.val, 1e-12)
         lr = optimizer.param_groups[0]["lr"]
         data_wait = self.data_wait_percent()
+        mfu = self.mfu_percent(samples_per_second_per_gpu)
         logging.info(
             f"Train Epoch: {self.epoch} [{num_samples:>{self.sample_digits}}/{samples_per_epoch} "
             f"({percent_complete:.0f}%)] "
@@ -82,6 +97,7 @@ class StepLogger:
             f"Batch (t): {self.batch_time.avg:.3f}, {samples_per_second:#g}/s, {samples_per_second_per_gpu:#g}/s/gpu "
             f"LR: {lr:5f} "
             f"Logit Scale: {logit_scale_scalar:.3f} " + loss_log + f" data_wait: {data_wait:.1f}%"
+            + (f" MFU: {mfu:.1f}%" if mfu is not None else " MFU: n/a")
         )
         log_data = {
             "data_time": self.data_time.val,
@@ -93,6 +109,10 @@ class StepLogger:
         }
         log_data.update({name: m.val for name, m in self.losses_m.items()})
         log_data["data_wait_percent"] = data_wait
+        if self.flops.per_sample is not None:
+            log_data["tflops_per_second_per_gpu"] = self.flops.per_sample * samples_per_second_per_gpu / 1e12
+        if mfu is not None:
+            log_data["mfu_percent"] = mfu
         log_data = {"train/" + name: val for name, val in log_data.items()}
         if self.tb_writer is not None:
             for name, val in log_data.items():

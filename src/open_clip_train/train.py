@@ -10,6 +10,7 @@ A step reads nothing back from the device except at log steps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -284,23 +285,28 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
         logger.data_time.update(time.time() - end)
         optimizer.zero_grad()
 
-        if args.accum_freq == 1:
-            losses, bad, used_scale = _forward_backward(model, dist_model, loss, images, texts, autocast, scaler,
-                                                        distill)
-        else:
-            with torch.no_grad(), autocast():
-                model_out = _call(model, images, texts)
-                for key in ("logit_scale", "logit_bias"):
-                    model_out.pop(key, None)
-                for key, val in model_out.items():
-                    accum["features"].setdefault(key, []).append(val)
-            accum["images"].append(images)
-            accum["texts"].append(texts)
-            if (i + 1) % args.accum_freq > 0:
-                continue
-            optimizer.zero_grad()
-            losses, bad, used_scale = _accum_step(model, loss, accum, autocast, scaler, args)
-            accum = {"images": [], "texts": [], "features": {}}
+        # The epoch's first step is counted for the MFU field (from shapes: no host read, same numbers;
+        # a compiled model is re-run uncompiled on the same inputs instead, see mfu.StepFlops).
+        rerun = functools.partial(_forward_backward, dist_model=dist_model, loss=loss, images=images, texts=texts,
+                                  autocast=autocast, scaler=None, distill=distill)
+        with logger.flops.counting(len(images), model, rerun):
+            if args.accum_freq == 1:
+                losses, bad, used_scale = _forward_backward(model, dist_model, loss, images, texts, autocast, scaler,
+                                                            distill)
+            else:
+                with torch.no_grad(), autocast():
+                    model_out = _call(model, images, texts)
+                    for key in ("logit_scale", "logit_bias"):
+                        model_out.pop(key, None)
+                    for key, val in model_out.items():
+                        accum["features"].setdefault(key, []).append(val)
+                accum["images"].append(images)
+                accum["texts"].append(texts)
+                if (i + 1) % args.accum_freq > 0:
+                    continue
+                optimizer.zero_grad()
+                losses, bad, used_scale = _accum_step(model, loss, accum, autocast, scaler, args)
+                accum = {"images": [], "texts": [], "features": {}}
 
         found_inf = _optimizer_step(model, optimizer, scaler, args, guard, bad)
         guard.record(found_inf, step)

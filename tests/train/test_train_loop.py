@@ -361,7 +361,8 @@ def test_log_line_keeps_3_3_fields_and_appends_data_wait(caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Train Epoch")]
     assert len(lines) == 2
     pattern = (r"Train Epoch: 0 \[\d+/\d+ \(\d+%\)\] Data \(t\): \S+ Batch \(t\): \S+, \S+/s, \S+/s/gpu LR: \S+ "
-               r"Logit Scale: (\S+) Contrastive_loss: \S+ \(\S+\) Loss: \S+ \(\S+\) data_wait: \d+\.\d%$")
+               r"Logit Scale: (\S+) Contrastive_loss: \S+ \(\S+\) Loss: \S+ \(\S+\) data_wait: \d+\.\d% "
+               r"MFU: \d+\.\d%$")
     for line, used in zip(lines, seen_scales):
         m = re.match(pattern, line)
         assert m, line
