@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -156,12 +157,18 @@ def preserved_training_state(model: torch.nn.Module) -> Iterator[None]:
             p.grad = grad
 
 
+# FLOPs per sample already counted, per model object and accumulation: each run counts once, not
+# once per epoch (the log line of later epochs carries no counting overhead).
+_COUNTED: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakref.WeakKeyDictionary()
+
+
 class StepFlops:
-    """FLOPs per sample of the training step, counted on the first optimizer step it sees.
+    """FLOPs per sample of the training step, counted on the first optimizer step of a model.
 
     Enter ``counting(...)`` around the computation of each micro-batch (forward, loss, backward);
     after ``accum_freq`` micro-batches, ``per_sample`` holds the FLOPs of that optimizer step
-    divided by the samples it trained on, and later ``counting`` calls do nothing. Counting reads
+    divided by the samples it trained on, and later ``counting`` calls do nothing (nor do those of
+    a later ``StepFlops`` for the same model: the count is remembered per model). Counting reads
     only shapes, so it adds no host sync, and it leaves every number of the step unchanged.
 
     A compiled model would run eagerly under the counter (dynamo steps aside for dispatch modes),
@@ -175,11 +182,16 @@ class StepFlops:
         self._flops = 0
         self._samples = 0
         self._micro_batches = 0
+        self._model: torch.nn.Module | None = None
 
     @contextlib.contextmanager
     def counting(self, samples: int, model: torch.nn.Module | None = None,
                  rerun: Callable[[torch.nn.Module], Any] | None = None) -> Iterator[None]:
-        """Count the body's FLOPs as part of the step being measured (``samples``: its micro-batch size)."""
+        """Count the body's FLOPs as part of the step being measured (``samples``: its micro-batch
+        size; ``model``: the model the body trains, by which the count is remembered)."""
+        if self.per_sample is None and model is not None:
+            self.per_sample = _COUNTED.get(model, {}).get(self.accum_freq)
+            self._model = model
         if self.per_sample is not None:
             yield
             return
@@ -208,6 +220,9 @@ class StepFlops:
             self._finish(self._flops, self._samples)
 
     def _finish(self, flops: int, samples: int) -> None:
-        if samples > 0:
-            self.per_sample = flops / samples
-            logging.debug(f"Model FLOPs per training sample: {self.per_sample / 1e9:.3f} GFLOP")
+        if samples <= 0:
+            return
+        self.per_sample = flops / samples
+        if self._model is not None:
+            _COUNTED.setdefault(self._model, {})[self.accum_freq] = self.per_sample
+        logging.debug(f"Model FLOPs per training sample: {self.per_sample / 1e9:.3f} GFLOP")

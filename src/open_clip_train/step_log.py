@@ -3,7 +3,7 @@
 The console line keeps 3.3's prefix, fields and order (tools parse ``Train Epoch: E [n/N (p%)] ...
 Loss: x``); fields new here are appended at the end: ``data_wait: P%``, the share of the step time
 (since the previous log line) the loop spent waiting for its next batch, then ``MFU: P%``, the model
-FLOP utilisation of one device (FLOPs per sample counted on the epoch's first step, see ``mfu``;
+FLOP utilisation of one device (FLOPs per sample counted once, on the run's first step, see ``mfu``;
 ``n/a`` where the device's peak is unknown).
 """
 
@@ -54,7 +54,7 @@ class StepLogger:
         self.data_wait = AverageMeter()  # seconds blocked in the loader, per step
         self.epoch_wait = self.epoch_time = 0.0  # whole-epoch totals for the epoch summary
         self.losses_m: dict[str, AverageMeter] = {}
-        # The loop counts FLOPs inside ``flops.counting(...)`` on its first step. The peak is looked up
+        # The loop counts FLOPs inside ``flops.counting(...)`` on the model's first step. The peak is looked up
         # (on CPU: measured, once per process) here, before the loop's clock starts.
         self.flops = StepFlops(args.accum_freq)
         self.peak_flops = peak_flops(args.device, args.precision) if is_master(args) else None

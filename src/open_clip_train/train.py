@@ -285,7 +285,7 @@ def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist
         logger.data_time.update(time.time() - end)
         optimizer.zero_grad()
 
-        # The epoch's first step is counted for the MFU field (from shapes: no host read, same numbers;
+        # The run's first step is counted for the MFU field (from shapes: no host read, same numbers;
         # a compiled model is re-run uncompiled on the same inputs instead, see mfu.StepFlops).
         rerun = functools.partial(_forward_backward, dist_model=dist_model, loss=loss, images=images, texts=texts,
                                   autocast=autocast, scaler=None, distill=distill)
