@@ -176,9 +176,16 @@ def build_checkpoint(
         data_state: dict | None = None,
         rng_per_rank: list | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict (see the module docstring for the keys)."""
-    ckpt: dict[str, Any] = {"epoch": epoch, "name": name, "state_dict": model.state_dict()}
-    if optimizer is not None:
+    """The checkpoint dict (see the module docstring for the keys).
+
+    A sharded (FSDP) model's weights are consolidated on rank 0 (a collective) and its optimizer
+    state is left to the ``.dcp`` folder (``sharded_checkpoint``)."""
+    from .sharded_checkpoint import full_model_state, is_sharded
+
+    sharded = is_sharded(model)
+    state = full_model_state(model) if sharded else model.state_dict()
+    ckpt: dict[str, Any] = {"epoch": epoch, "name": name, "state_dict": state}
+    if optimizer is not None and not sharded:
         ckpt["optimizer"] = optimizer.state_dict()
     if scaler is not None:
         ckpt["scaler"] = scaler.state_dict()
@@ -203,20 +210,29 @@ def save_epoch_checkpoint(ckpt: dict[str, Any], completed_epoch: int, policy: Sa
     :class:`CheckpointWriteError` and deletes nothing.
     """
     written = []
+    for path in epoch_checkpoint_paths(completed_epoch, policy):
+        _save_or_raise(ckpt, path)
+        written.append(path)
+        if policy.delete_previous and os.path.basename(path) != LATEST_CHECKPOINT_NAME:
+            step_back = policy.save_frequency if policy.save_frequency > 0 else 1
+            _remove_if_exists(os.path.join(policy.checkpoint_path, f"epoch_{completed_epoch - step_back}.pt"))
+    return written
+
+
+def epoch_checkpoint_paths(completed_epoch: int, policy: SavePolicy) -> list[str]:
+    """The files an epoch-end save writes: ``epoch_N.pt`` when due, ``epoch_latest.pt`` if asked for."""
+    paths = []
     due = completed_epoch == policy.epochs or (
         policy.save_frequency > 0 and completed_epoch % policy.save_frequency == 0)
     if due:
-        path = os.path.join(policy.checkpoint_path, f"epoch_{completed_epoch}.pt")
-        _save_or_raise(ckpt, path)
-        written.append(path)
-        if policy.delete_previous:
-            step_back = policy.save_frequency if policy.save_frequency > 0 else 1
-            _remove_if_exists(os.path.join(policy.checkpoint_path, f"epoch_{completed_epoch - step_back}.pt"))
+        paths.append(os.path.join(policy.checkpoint_path, f"epoch_{completed_epoch}.pt"))
     if policy.save_most_recent:
-        path = os.path.join(policy.checkpoint_path, LATEST_CHECKPOINT_NAME)
-        _save_or_raise(ckpt, path)
-        written.append(path)
-    return written
+        paths.append(os.path.join(policy.checkpoint_path, LATEST_CHECKPOINT_NAME))
+    return paths
+
+
+def step_checkpoint_path(global_step: int, policy: SavePolicy) -> str:
+    return os.path.join(policy.checkpoint_path, f"step_{global_step}.pt")
 
 
 def save_step_checkpoint(ckpt: dict[str, Any], policy: SavePolicy) -> str:
@@ -225,7 +241,7 @@ def save_step_checkpoint(ckpt: dict[str, Any], policy: SavePolicy) -> str:
     Older step files are deleted only once the new one is durable (written, fsynced, renamed); files
     with a larger step (from a run that was resumed from an earlier checkpoint) are left alone.
     """
-    path = os.path.join(policy.checkpoint_path, f"step_{ckpt['global_step']}.pt")
+    path = step_checkpoint_path(int(ckpt["global_step"]), policy)
     _save_or_raise(ckpt, path)
     prune_step_checkpoints(policy.checkpoint_path, int(ckpt["global_step"]), policy.keep_step_checkpoints)
     return path
@@ -255,12 +271,17 @@ def _step_files(checkpoint_path: str) -> list[tuple[int, str]]:
 
 
 def _remove_if_exists(path: str) -> None:
+    """Delete an old checkpoint file and the sharded-state folder that belongs to it."""
+    from .sharded_checkpoint import remove_sharded
+
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
     except OSError as e:  # a leftover old file must not stop the run; the new checkpoint is safe
         logging.warning(f"Could not delete old checkpoint {path}: {e}")
+        return
+    remove_sharded(path)
 
 
 
@@ -405,16 +426,21 @@ def resume_from_checkpoint(
         raise ConfigError(f"--resume {path}: expected a checkpoint dict, got {type(checkpoint).__name__}.")
     full = "epoch" in checkpoint and "state_dict" in checkpoint
     sd = match_module_prefix(checkpoint["state_dict"] if full else checkpoint, model)
-    try:
-        model.load_state_dict(sd)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"--resume {path}: checkpoint does not match the model ({first}). "
-                          "Use the same --model (and --siglip/--force-* flags) as the run that saved it.") from e
+    from .sharded_checkpoint import restore_model_and_optimizer
+
+    restored = restore_model_and_optimizer(path, checkpoint if full else {}, model, optimizer,
+                                           _strip_prefix(sd, "module."))
+    if not restored:
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"--resume {path}: checkpoint does not match the model ({first}). "
+                              "Use the same --model (and --siglip/--force-* flags) as the run that saved it.") from e
     if not full:
         logging.info(f"=> loaded checkpoint '{path}' (epoch 0)")
         return ResumeState()
-    if optimizer is not None and "optimizer" in checkpoint:
+    if optimizer is not None and "optimizer" in checkpoint and not restored:
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, KeyError) as e:

@@ -99,19 +99,23 @@ def _val_metrics(model, dataloader, epoch: int, args) -> dict:
 
 
 def evaluate(model, data, epoch, args, tb_writer=None, tokenizer=None) -> dict:
-    """Zero-shot and val-retrieval metrics on the master; appended to ``results.jsonl``."""
+    """Zero-shot and val-retrieval metrics on the master; appended to ``results.jsonl``.
+
+    A sharded model (``--fsdp``) needs every rank in each forward: all ranks evaluate, the master
+    reports."""
     metrics = {}
-    if not is_master(args):
+    sharded = bool(getattr(args, "fsdp", False))
+    if not is_master(args) and not sharded:
         return metrics
     model.eval()
 
     metrics.update(zero_shot.zero_shot_eval(model, data, epoch, args, tokenizer=tokenizer))
 
     if _val_due(data, epoch, args):
-        eval_model = model.module if (args.distributed and not args.horovod) else model
+        eval_model = model.module if (args.distributed and not args.horovod and not sharded) else model
         metrics.update(_val_metrics(eval_model, data["val"].dataloader, epoch, args))
 
-    if not metrics:
+    if not metrics or not is_master(args):
         return metrics
     logging.info(f"Eval Epoch: {epoch} " + "\t".join([f"{k}: {round(v, 4):.4f}" for k, v in metrics.items()]))
     log_data = {"val/" + name: val for name, val in metrics.items()}

@@ -43,8 +43,16 @@ from open_clip_train.errors import ConfigError, Preempted, StallError, TrainingE
 from open_clip_train.evaluate import evaluate
 from open_clip_train.experiment import copy_codebase  # noqa: F401
 from open_clip_train.file_utils import check_exists, pt_load, remote_sync, start_sync_process  # noqa: F401
+from open_clip_train.fsdp import build_sharded_model, ensure_process_group
 from open_clip_train.logger import setup_logging
-from open_clip_train.model_setup import apply_locks, build_loss, create_models, replace_with_bnb_linear, wrap_ddp
+from open_clip_train.model_setup import (
+    apply_locks,
+    build_loss,
+    create_models,
+    create_teacher,
+    replace_with_bnb_linear,
+    wrap_ddp,
+)
 from open_clip_train.optim import create_optimizer, create_scaler
 from open_clip_train.params import parse_args
 from open_clip_train.preemption import requeue_slurm_job
@@ -138,7 +146,12 @@ def run(args=None):
 
     # ---- model, optimizer, resume
     random_seed(args.seed, 0)
-    model, preprocess_train, preprocess_val, dist_model = create_models(args, device)
+    if args.fsdp:
+        ensure_process_group(args, device)
+        model, preprocess_train, preprocess_val = build_sharded_model(args, device, lambda m: apply_locks(m, args))
+        dist_model = create_teacher(args, device) if args.distill else None
+    else:
+        model, preprocess_train, preprocess_val, dist_model = create_models(args, device)
     if args.use_bnb_linear is not None:
         model = replace_with_bnb_linear(model, args.use_bnb_linear, device)
     random_seed(args.seed, args.rank)
@@ -146,11 +159,12 @@ def run(args=None):
         from open_clip.model import trace_model
 
         model = trace_model(model, batch_size=args.batch_size, device=device)
-    apply_locks(model, args)
+    if not args.fsdp:
+        apply_locks(model, args)
     if is_master(args):
         logging.info("Model:")
         logging.info(f"{str(model)}")
-    if args.distributed and not args.horovod:
+    if args.distributed and not args.horovod and not args.fsdp:
         model = wrap_ddp(model, args, device)
         if dist_model is not None:
             dist_model = wrap_ddp(dist_model, args, device)
@@ -161,7 +175,7 @@ def run(args=None):
                                      lr_image=args.lr_image, lr_text=args.lr_text, wd_image=args.wd_image,
                                      wd_text=args.wd_text)
         optimizer = _maybe_horovod_optimizer(optimizer, model, args)
-        scaler = create_scaler(args.precision, device)
+        scaler = create_scaler(args.precision, device, sharded=args.fsdp)
     resume = resume_from_checkpoint(args.resume, model, optimizer, scaler) if args.resume else None
 
     # ---- data, schedule, reporters, then evaluation or the training session

@@ -23,14 +23,18 @@ def _create(model_name: str, flag: str, **kwargs) -> tuple:
                           "Use a name from open_clip.list_models(), 'local-dir:<path>' or 'hf-hub:<repo>'.") from e
 
 
-def create_models(args, device: torch.device) -> tuple[Any, Any, Any, Any]:
-    """``(model, preprocess_train, preprocess_val, teacher_or_None)`` from the model flags."""
+def create_models(args, device: torch.device, load_weights: bool = True,
+                  teacher: bool = True) -> tuple[Any, Any, Any, Any]:
+    """``(model, preprocess_train, preprocess_val, teacher_or_None)`` from the model flags
+    (``load_weights=False``: the configuration ``--pretrained`` implies, without its weights;
+    ``teacher=False``: no distillation teacher)."""
     extra = {}
     if args.siglip:
         extra = {"init_logit_scale": np.log(10), "init_logit_bias": -10}
     model, preprocess_train, preprocess_val = _create(
         args.model, "--model",
         pretrained=args.pretrained,
+        load_weights=load_weights,
         precision=args.precision,
         device=device,
         jit=args.torchscript,
@@ -49,17 +53,21 @@ def create_models(args, device: torch.device) -> tuple[Any, Any, Any, Any]:
         cache_dir=args.cache_dir,
         **extra,
     )
-    dist_model = None
-    if args.distill:
-        dist_model, _, _ = _create(
-            args.distill_model, "--distill-model",
-            pretrained=args.distill_pretrained,
-            device=device,
-            precision=args.precision,
-            output_dict=True,
-            cache_dir=args.cache_dir,
-        )
+    dist_model = create_teacher(args, device) if args.distill and teacher else None
     return model, preprocess_train, preprocess_val, dist_model
+
+
+def create_teacher(args, device: torch.device) -> Any:
+    """The distillation teacher (``--distill-model`` / ``--distill-pretrained``)."""
+    dist_model, _, _ = _create(
+        args.distill_model, "--distill-model",
+        pretrained=args.distill_pretrained,
+        device=device,
+        precision=args.precision,
+        output_dict=True,
+        cache_dir=args.cache_dir,
+    )
+    return dist_model
 
 
 def replace_with_bnb_linear(model: torch.nn.Module, class_name: str, device: torch.device) -> torch.nn.Module:

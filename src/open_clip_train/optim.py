@@ -101,11 +101,16 @@ def create_optimizer(
     return optimizer
 
 
-def create_scaler(precision: str, device: str | torch.device):
-    """A GradScaler for ``amp`` (float16 autocast) and ``None`` for every other precision."""
+def create_scaler(precision: str, device: str | torch.device, sharded: bool = False):
+    """A GradScaler for ``amp`` (float16 autocast) and ``None`` for every other precision
+    (``sharded``: the variant for FSDP models, see ``fsdp.ShardedGradScaler``)."""
     if precision != "amp":
         return None
     device_type = torch.device(device).type
+    if sharded:
+        from .fsdp import ShardedGradScaler
+
+        return ShardedGradScaler(device=device_type)
     try:
         return torch.amp.GradScaler(device=device_type)
     except (AttributeError, TypeError):

@@ -204,6 +204,10 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--horovod", default=False, action="store_true", help="Use horovod for distributed training.")
     g.add_argument("--ddp-static-graph", default=False, action="store_true",
                    help="Enable static graph optimization for DDP in PyTorch >= 1.11.")
+    g.add_argument("--fsdp", default=False, action="store_true",
+                   help="Shard the model, gradients and optimizer state over the processes with FSDP2 "
+                        "(torch.distributed.fsdp.fully_shard) instead of DDP; checkpoints also get a "
+                        "sharded checkpoints/<name>.dcp/ folder. Without torchrun: a world of 1.")
     g.add_argument("--no-set-device-rank", default=False, action="store_true",
                    help="Don't set device index from local rank (when CUDA_VISIBLE_DEVICES restricted to one "
                         "per proc).")

@@ -22,12 +22,19 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import SavePolicy, save_epoch_checkpoint, save_step_checkpoint
+from .checkpoint import (
+    SavePolicy,
+    epoch_checkpoint_paths,
+    save_epoch_checkpoint,
+    save_step_checkpoint,
+    step_checkpoint_path,
+)
 from .distributed import all_gather_object, barrier, broadcast_object, is_master
 from .errors import CheckpointWriteError, Preempted, StallError, TrainingError
 from .evaluate import evaluate
 from .preemption import PreemptionHandler
 from .run_state import RunState
+from .sharded_checkpoint import is_sharded, save_sharded
 from .train import train_one_epoch
 from .watchdog import StallWatchdog, install_worker_hooks
 
@@ -150,7 +157,16 @@ class TrainingSession:
         args = self.args
         ckpt = self.state.state_dict(epoch=epoch, batch_in_epoch=batch_in_epoch)
         error: CheckpointWriteError | None = None
-        if args.save_logs:
+        if is_sharded(self.state.model) and args.logs and str(args.logs).lower() != "none":
+            # every rank writes its shards of model and optimizer, before rank 0 writes the file
+            paths = (epoch_checkpoint_paths(epoch, self.policy) if epoch_end
+                     else [step_checkpoint_path(int(ckpt["global_step"]), self.policy)])
+            try:
+                for path in paths:
+                    save_sharded(self.state.model, self.state.optimizer, path)
+            except CheckpointWriteError as e:
+                error = e
+        if args.save_logs and error is None:
             try:
                 if epoch_end:
                     save_epoch_checkpoint(ckpt, epoch, self.policy)

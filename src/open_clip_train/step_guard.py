@@ -104,7 +104,10 @@ class NonFiniteGuard:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is not None and not p.grad.is_sparse:
-                    by_device[p.grad.device][p.grad.dtype].append(p.grad)
+                    # sharded (FSDP) gradients are checked apart from plain ones: torch reduces the
+                    # flag of a sharded list over the shards' ranks, and refuses mixed lists
+                    sharded = type(p.grad).__name__ == "DTensor"
+                    by_device[p.grad.device][(p.grad.dtype, sharded)].append(p.grad)
         for device, per_dtype in by_device.items():
             found_here = torch.zeros(1, device=device)
             one = torch.ones(1, device=device)

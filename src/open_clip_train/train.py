@@ -95,6 +95,8 @@ def epoch_batches(data_info, state: TrainState) -> Iterator[tuple[int, Any]]:
     restorable = start and state.data_state is not None and hasattr(holder, "load_state_dict")
     if restorable:
         holder.load_state_dict(state.data_state)
+        # a position saved at another world size continues from where the loader mapped it
+        start = getattr(loader, "start_batch", start)
     elif start and state.epoch_start_rng is not None:
         set_rng_state(state.epoch_start_rng)
     state.epoch_start_rng = state.epoch_start_rng if start else get_rng_state()

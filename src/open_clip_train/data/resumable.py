@@ -260,6 +260,7 @@ class ResumableLoader:
             raise ValueError(f"Not a data loader state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
         if state["kind"] != self.kind:
             raise ValueError(f"Loader state is for a {state['kind']!r} loader, this one is {self.kind!r}")
+        state = self._to_this_layout(state)
         for key in ("world_size", "batch_size"):
             if state.get(key, self.layout[key]) != self.layout[key]:
                 raise ValueError(
@@ -286,14 +287,43 @@ class ResumableLoader:
         }
         self.shared_epoch.set_value(int(state["epoch"]))
 
+    def _to_this_layout(self, state: dict) -> dict:
+        """A position saved by a run with another world size or batch size, as this loader's.
+
+        Map-style order is one global sequence that rank r reads every world_size-th sample of, so
+        after k batches the ranks together consumed its first k * batch_size * world_size samples:
+        this loader continues after as many whole batches of its own as fit in that prefix (at most
+        one global batch of samples is seen twice, none is skipped). WebDataset positions are per
+        rank and worker and cannot be carried over: the epoch restarts (samples may be seen twice).
+        """
+        saved = (state.get("world_size", self.layout["world_size"]), state.get("batch_size", self.layout["batch_size"]))
+        mine = (self.layout["world_size"], self.layout["batch_size"])
+        if saved == mine and (self.kind == "map" or state.get("num_workers") == self.num_workers):
+            return state
+        if self.kind == "map":
+            consumed = int(state["batches"]) * saved[0] * saved[1]
+            batches = consumed // (mine[0] * mine[1])
+            _log.warning(
+                f"Data position saved with world size {saved[0]} x batch {saved[1]}, resumed with {mine[0]} x "
+                f"{mine[1]}: continuing after {batches * mine[0] * mine[1]} of the {consumed} samples consumed "
+                "in this epoch.")
+        else:
+            batches = 0
+            _log.warning(
+                f"WebDataset position saved with world size {saved[0]}, batch {saved[1]}, {state.get('num_workers')} "
+                f"workers cannot be carried over to world size {mine[0]}, batch {mine[1]}, {self.num_workers} "
+                "workers: the interrupted epoch restarts from its first samples.")
+        return {**state, **self.layout, "num_workers": self.num_workers, "batches": batches, "streams": {},
+                "good": 0, "bad": {}}
+
     def _own_state(self, state: dict | list) -> dict:
         if isinstance(state, dict):
             return state
         states = list(state)
         mine = [s for s in states if s.get("rank") == self.layout["rank"]]
         if not mine:
-            if self.kind == "map" and states:
-                return states[0]  # map-style positions are identical on all ranks
+            if states and (self.kind == "map" or states[0].get("world_size") != self.layout["world_size"]):
+                return states[0]  # map-style positions are identical on all ranks; others restart the epoch
             raise ValueError(f"No loader state for rank {self.layout['rank']} among {len(states)} saved states")
         return mine[0]
 
