@@ -84,3 +84,22 @@ def test_unsupported_state_is_named():
         module = Cached()
     with pytest.raises(UnsupportedMaterialize, match="table|Cached"):
         materialize(module)
+
+
+@pytest.mark.parametrize("precision", ["pure_bf16", "bf16"])
+def test_low_precision_meta_build_draws_like_a_cast_eager_build(precision):
+    # eager: float32 init, then the precision cast; meta: cast first, so the draws must be float32
+    from open_clip.precision import get_cast_dtype, set_model_device_and_precision
+
+    cfg = shrink(get_model_config("ViT-B-32"))
+    cast = get_cast_dtype(precision)
+    torch.manual_seed(0)
+    eager = _choose_model_class(copy.deepcopy(cfg), False)(**cfg, cast_dtype=cast)
+    set_model_device_and_precision(eager, torch.device("cpu"), precision)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        meta = _choose_model_class(copy.deepcopy(cfg), False)(**cfg, cast_dtype=cast)
+    set_model_device_and_precision(meta, torch.device("meta"), precision)
+    materialize(meta)
+    for (name, a), (_, b) in zip(eager.state_dict().items(), meta.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name

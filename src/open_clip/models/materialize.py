@@ -60,9 +60,14 @@ def draw(target: Optional[torch.Tensor], init_fn: Callable[[torch.Tensor], objec
     initialisation of ``target`` itself would on one process."""
     if target is None:
         return
-    value = torch.empty(tuple(target.shape), dtype=target.dtype)
+    value = torch.empty(tuple(target.shape), dtype=_init_dtype(target))
     init_fn(value)
     assign(target, value)
+
+
+def _init_dtype(tensor: torch.Tensor) -> torch.dtype:
+    # Towers are initialised in float32 and cast afterwards (precision rules): draw the same values.
+    return torch.float32 if tensor.is_floating_point() else tensor.dtype
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:
@@ -74,16 +79,17 @@ def _reset_own(module: nn.Module) -> None:
     reset = getattr(module, "reset_parameters", None)
     if reset is None:
         return
-    if not any(_is_dtensor(t) for t in (*module._parameters.values(), *module._buffers.values()) if t is not None):
+    tensors = [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+    if not any(_is_dtensor(t) or t.dtype != _init_dtype(t) for t in tensors):
         reset()
         return
     scratch = copy.copy(module)
     scratch._parameters = {
-        n: None if p is None else nn.Parameter(torch.empty(tuple(p.shape), dtype=p.dtype), p.requires_grad)
+        n: None if p is None else nn.Parameter(torch.empty(tuple(p.shape), dtype=_init_dtype(p)), p.requires_grad)
         for n, p in module._parameters.items()
     }
     scratch._buffers = {
-        n: None if b is None else torch.empty(tuple(b.shape), dtype=b.dtype) for n, b in module._buffers.items()
+        n: None if b is None else torch.empty(tuple(b.shape), dtype=_init_dtype(b)) for n, b in module._buffers.items()
     }
     scratch.reset_parameters()
     for name, value in (*scratch._parameters.items(), *scratch._buffers.items()):
@@ -103,7 +109,7 @@ def reset_tree(module: Optional[nn.Module]) -> None:
     if isinstance(module, nn.MultiheadAttention):
         # its constructor builds out_proj (default Linear init) before drawing the input projection
         _reset_own(module.out_proj)
-        scratch_free = not any(_is_dtensor(p) for p in module.parameters())
+        scratch_free = not any(_is_dtensor(p) or p.dtype != _init_dtype(p) for p in module.parameters())
         if scratch_free:
             module._reset_parameters()
         else:
