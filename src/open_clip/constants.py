@@ -11,3 +11,5 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
 HF_CONFIG_NAME = "open_clip_config.json"
+# In a model folder: the transformers config of a Hugging Face text tower, so it builds offline.
+HF_TEXT_CONFIG_DIR = "hf_text"

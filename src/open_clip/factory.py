@@ -46,7 +46,7 @@ from .config_registry import (  # noqa: F401 (re-exports)
     parse_model_name,
     unknown_model_message,
 )
-from .constants import HF_CONFIG_NAME
+from .constants import HF_CONFIG_NAME, HF_TEXT_CONFIG_DIR
 from .convert import convert_state_dict  # noqa: F401 (re-export)
 from .loss import ClipLoss, CoCaLoss, DistillClipLoss, SigLipLoss, create_loss  # noqa: F401 (re-exports)
 from .models.clip import CLIP, CustomTextCLIP, set_model_preprocess_cfg
@@ -96,6 +96,10 @@ def _resolve_local_dir(ident: str, preprocess_cfg: dict[str, Any]):
         preprocess_cfg = _merge_preprocess(preprocess_cfg, config.get('preprocess_cfg', {}))
     except Exception as e:
         raise ValueError(f"Could not load valid config from specified 'local-dir:{ident}': {e}") from e
+    text_config = Path(ident) / HF_TEXT_CONFIG_DIR
+    if model_cfg.get('text_cfg', {}).get('hf_model_name') and (text_config / 'config.json').is_file():
+        # the folder carries the Hugging Face text tower's config: build it from there, offline
+        model_cfg = {**model_cfg, 'text_cfg': {**model_cfg['text_cfg'], 'hf_model_name': str(text_config)}}
     checkpoint_path = _find_checkpoint_in_dir(ident)
     if checkpoint_path is None:
         logging.warning("No checkpoint file found in 'local-dir:%s'; the model will be randomly initialized.", ident)

@@ -114,3 +114,42 @@ def test_quick_gelu_and_preprocessing_follow_the_pretrained_tag(tmp_path, monkey
     images = image_inputs(model)
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), reference.encode_image(images))
+
+
+def test_folder_with_hf_text_tower_builds_offline(tmp_path):
+    """A Hugging Face text tower's transformers config travels in the folder: the folder builds
+    with the original model name gone and no network."""
+    transformers = pytest.importorskip("transformers")
+    hub_like = tmp_path / "tiny-roberta"  # stands in for a Hub id: removed before loading
+    transformers.RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=40,
+                               pad_token_id=1).save_pretrained(hub_like)
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                                           "head_width": 16},
+           "text_cfg": {"hf_model_name": str(hub_like), "hf_pooler_type": "mean_pooler", "hf_proj_type": "linear",
+                        "hf_model_pretrained": False}}
+    from open_clip.models.clip import CustomTextCLIP
+
+    torch.manual_seed(0)
+    model = CustomTextCLIP(**cfg).eval()
+    preprocess = {"size": 32, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    out = save_model_folder(source_from_model(model, cfg, preprocess_cfg=preprocess, name="tiny-roberta-clip"),
+                            tmp_path / "folder")
+    assert (out / "hf_text" / "config.json").is_file()
+    import shutil
+
+    shutil.rmtree(hub_like)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    import socket as socket_module
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(socket_module, "getaddrinfo", refuse)
+        m.setattr(socket_module.socket, "connect", refuse)
+        m.setenv("HF_HUB_OFFLINE", "1")
+        loaded = open_clip.create_model(f"local-dir:{out}").eval()
+    ids = torch.randint(2, 99, (3, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_text(ids), model.encode_text(ids))

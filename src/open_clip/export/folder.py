@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME
+from ..constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_TEXT_CONFIG_DIR
 from ..tokenizer import SigLipTokenizer, SimpleTokenizer
 from .common import ExportError, write_json
 from .source import ExportSource, load_source
@@ -54,7 +54,8 @@ def save_model_folder(source: ExportSource, output_dir: Union[str, Path]) -> Pat
     """Write ``source`` as an open_clip model folder; returns the folder path.
 
     Files: ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``),
-    ``open_clip_model.safetensors`` and, for Hugging Face tokenizers, their files.
+    ``open_clip_model.safetensors``, for Hugging Face tokenizers their files, and for Hugging Face
+    text towers their transformers config (``hf_text/config.json``).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,10 @@ def save_model_folder(source: ExportSource, output_dir: Union[str, Path]) -> Pat
     save_file(state_dict_for_safetensors(source.model), str(out / HF_SAFE_WEIGHTS_NAME))
     if tokenizer is not None and not isinstance(tokenizer, SimpleTokenizer):
         tokenizer.save_pretrained(out)  # HFTokenizer / SigLipTokenizer: get_tokenizer reads them back
+    hf_config = getattr(getattr(source.model, "text", None), "config", None)
+    if hf_config is not None and hasattr(hf_config, "save_pretrained"):
+        # a Hugging Face text tower is built from its transformers config: keep it in the folder
+        hf_config.save_pretrained(out / HF_TEXT_CONFIG_DIR)
     write_json(out / HF_CONFIG_NAME, {"model_cfg": model_cfg, "preprocess_cfg": source.preprocess_cfg})
     return out
 
