@@ -24,19 +24,31 @@ def colour_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory):
-    """A tiny CLIP with random 'zero-shot' weights, as ``local-dir:`` (config + weights, usable from
-    subprocesses) and as the registered config ``tiny-ft`` (which takes ``pretrained=<file>``)."""
-    from open_clip.config_registry import add_model_config
-    from open_clip.factory import create_model
+def _tiny_clip_files(tmp_path_factory):
+    """Config folders and random 'zero-shot' weights of the tiny CLIP, written once."""
+    from open_clip.models.clip import CLIP
     from open_clip_train.weights_io import save_state_dict
 
     d = tmp_path_factory.mktemp("tiny_model")
     (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY, "preprocess_cfg": {}}))
     configs = tmp_path_factory.mktemp("tiny_cfg")
     (configs / "tiny-ft.json").write_text(json.dumps(TINY))
-    add_model_config(configs)
     torch.manual_seed(0)
     checkpoint = d / "open_clip_model.safetensors"
-    save_state_dict(create_model("tiny-ft").state_dict(), str(checkpoint))
-    return {"name": f"local-dir:{d}", "registered": "tiny-ft", "checkpoint": str(checkpoint)}
+    save_state_dict(CLIP(**TINY).state_dict(), str(checkpoint))
+    return {"name": f"local-dir:{d}", "registered": "tiny-ft", "checkpoint": str(checkpoint), "configs": configs}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(_tiny_clip_files):
+    """A tiny CLIP with random 'zero-shot' weights, as ``local-dir:`` (config + weights, usable from
+    subprocesses) and as the registered config ``tiny-ft`` (which takes ``pretrained=<file>``). The
+    registration lasts for the module only, so later test modules see the shipped registry."""
+    from open_clip import config_registry
+
+    configs, paths = dict(config_registry._MODEL_CONFIGS), list(config_registry._MODEL_CONFIG_PATHS)
+    config_registry.add_model_config(_tiny_clip_files["configs"])
+    yield _tiny_clip_files
+    config_registry._MODEL_CONFIGS.clear()
+    config_registry._MODEL_CONFIGS.update(configs)
+    config_registry._MODEL_CONFIG_PATHS[:] = paths
