@@ -4,11 +4,17 @@ Owns: the dense peak FLOP/s of the GPUs we know (by product name), the measured 
 stands in for a peak on CPU, counting the FLOPs of one optimizer step (``StepFlops``) and the
 arithmetic ``MFU = FLOPs per sample x samples/s / peak``.
 
-FLOPs are what torch's ``FlopCounterMode`` counts from operator shapes (matmuls, convolutions,
-attention): elementwise work, norms and the optimizer are not counted, as is usual for MFU. The
-count is of the path that runs: the towers' fast paths (text early stop, pooled-only last block)
-stay on under the counter, and recomputation that the step really does (``--accum-freq``'s
-feature-caching forward, activation checkpointing) is included.
+FLOPs are counted from operator shapes with torch's FLOP formulas (matmuls, convolutions,
+attention; ``torch.utils.flop_counter``): elementwise work, norms and the optimizer are not
+counted, as is usual for MFU, and attention under a causal mask counts as full. The count is of
+the path that runs: the towers' fast paths (text early stop, pooled-only last block) stay on
+while counting, and recomputation that the step really does (``--accum-freq``'s feature-caching
+forward, activation checkpointing) is included.
+
+The counter is a plain dispatch mode rather than ``FlopCounterMode``: that one re-runs operators
+it has no formula for through their Python decompositions (BatchNorm's on CPU), which is not the
+kernel the step would run and may change its bits, and its module tracker installs global module
+hooks. Ours runs every operator as called and only reads shapes.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count, shape_wrapper
 
 from open_clip.precision import low_precision_dtype
 
@@ -43,21 +50,34 @@ PEAK_TFLOPS: dict[str, tuple[float, float, float | None]] = {
 }
 
 # CPU flash attention has no formula in torch's table; its FLOPs are those of any other SDPA kernel.
-_CPU_SDPA = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v),
+_FORMULAS = {
+    **flop_registry,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)),
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(
+        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v)),
 }
 
 
-def flop_counter() -> FlopCounterMode:
-    """A silent ``FlopCounterMode`` that also counts the CPU attention kernel.
+class FlopCount(TorchDispatchMode):
+    """Counts, in ``total``, the FLOPs of the operators run inside it, running each as called."""
 
-    Its module tracker installs global module hooks while it is active: keep it active only
-    around the computation being counted.
-    """
-    return FlopCounterMode(display=False, custom_mapping=_CPU_SDPA)
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = _FORMULAS.get(getattr(func, "_overloadpacket", None))
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def flop_counter() -> FlopCount:
+    """A fresh FLOP counter: ``with counter: ...`` then read ``counter.total``."""
+    return FlopCount()
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -85,7 +105,7 @@ def gpu_peak_flops(device_name: str, precision: str, tf32: bool = True) -> float
 
 @functools.cache
 def cpu_matmul_flops(dtype: torch.dtype = torch.float32, threads: int | None = None, size: int = 1024,
-                     budget_s: float = 0.3) -> float:
+                     budget_s: float = 0.5) -> float:
     """Best FLOP/s of a ``size`` x ``size`` matmul in ``dtype`` on this CPU (measured once per process
     and arguments: the stand-in for a peak on CPU, so that MFU there reads "share of what plain
     matmuls reach"). ``threads`` only keys the cache (pass ``torch.get_num_threads()``).
@@ -162,6 +182,11 @@ def preserved_training_state(model: torch.nn.Module) -> Iterator[None]:
 _COUNTED: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, float]] = weakref.WeakKeyDictionary()
 
 
+def counted_flops_per_sample(model: torch.nn.Module, accum_freq: int = 1) -> float | None:
+    """The FLOPs per sample the training loop counted for ``model`` (None before its first step)."""
+    return _COUNTED.get(model, {}).get(accum_freq)
+
+
 class StepFlops:
     """FLOPs per sample of the training step, counted on the first optimizer step of a model.
 
@@ -203,14 +228,14 @@ class StepFlops:
         counter = flop_counter()
         with counter:
             yield
-        self._add(counter.get_total_flops(), samples)
+        self._add(counter.total, samples)
 
     def _shadow_count(self, model: torch.nn.Module, samples: int, rerun: Callable[[torch.nn.Module], Any]) -> None:
         counter = flop_counter()
         with preserved_training_state(model), counter:
             rerun(model)
         # One micro-batch stands for the whole step (under accumulation its caching forward is not re-run).
-        self._finish(counter.get_total_flops(), samples)
+        self._finish(counter.total, samples)
 
     def _add(self, flops: int, samples: int) -> None:
         self._flops += flops

@@ -39,7 +39,24 @@ def test_cpu_attention_kernel_is_counted():
     with counter:
         F.scaled_dot_product_attention(q, k, v).sum().backward()
     # forward: Q K^T and P V; backward: the scores again, then dV, dP, dQ, dK (2 s^2 d each per head)
-    assert counter.get_total_flops() == b * h * (2 + 5) * 2 * s * s * d
+    assert counter.total == b * h * (2 + 5) * 2 * s * s * d
+
+
+def test_counter_runs_operators_as_called(monkeypatch):
+    """No operator is swapped for its decomposition while counting (torch's FlopCounterMode runs
+    BatchNorm's Python decomposition on CPU, which is another kernel than the step's)."""
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"{self} was decomposed")
+
+    monkeypatch.setattr(torch._ops.OpOverload, "decompose", refuse)
+    bn = torch.nn.BatchNorm2d(3).train()
+    conv = torch.nn.Conv2d(3, 4, 3)
+    counter = mfu.flop_counter()
+    with counter:
+        conv(bn(torch.randn(2, 3, 6, 6))).sum().backward()
+    # forward, weight gradient and input gradient (BatchNorm's parameters want one): 3 x 2 x outputs x taps
+    assert counter.total == 3 * 2 * (2 * 4 * 4 * 4) * (3 * 3 * 3)
 
 
 VISION = dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32)
@@ -286,21 +303,27 @@ def test_log_lines_report_mfu_from_the_hand_count(caplog, monkeypatch):
         assert float(m.group(2)) == pytest.approx(expected, abs=0.051)
 
 
-def test_counting_changes_no_training_result(monkeypatch):
-    """Two epochs of a tiny CLIP with patch dropout (random draws) and AdamW, with and without the
-    counter on the first step: parameters, optimizer state and random generator agree bit for bit."""
+@pytest.mark.parametrize("tower, precision", [("vit", "fp32"), ("resnet", "amp")])
+def test_counting_changes_no_training_result(tower, precision, monkeypatch):
+    """Two epochs of a tiny CLIP with AdamW, with and without the counter on the first step:
+    parameters, buffers (BatchNorm statistics), optimizer state and the random generator agree bit
+    for bit. The ViT draws patch-dropout masks; the ResNet has convolutions, BatchNorm and an
+    attention pool, under float16 autocast."""
     import contextlib
+
+    from open_clip.loss import ClipLoss
+
+    vision = {**VISION, "patch_dropout": 0.5} if tower == "vit" else dict(image_size=32, layers=[1, 1, 1, 1],
+                                                                          width=8, head_width=8)
 
     def run():
         torch.manual_seed(0)
-        model = CLIP(EMBED, {**VISION, "patch_dropout": 0.5}, TEXT, output_dict=True)
+        model = CLIP(EMBED, vision, TEXT, output_dict=True)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         batches = [_clip_batch(4, seed) for seed in range(2)]
-        from open_clip.loss import ClipLoss
-
         for epoch in range(2):
             train_one_epoch(model, {"train": _Info(_Loader(batches))}, ClipLoss(), epoch, opt, None,
-                            lambda s: 1e-3, None, _args(log_every_n_steps=100))
+                            lambda s: 1e-3, None, _args(log_every_n_steps=100, precision=precision))
         return model.state_dict(), opt.state_dict()["state"], torch.get_rng_state()
 
     counted = run()
