@@ -236,3 +236,47 @@ def test_wds_distributed_resume_from_list_of_rank_states(shards):
         make(1).load_state_dict(states[0])
     with pytest.raises(ValueError, match="batch_size=2"):
         make(0, batch_size=4).load_state_dict(states[0])
+
+
+@pytest.mark.timeout(60)
+def test_csv_position_maps_to_another_world_size(csv_file):
+    """Saved by 2 ranks x batch 3 after 2 batches (12 samples of the epoch's order consumed), resumed
+    by 1 rank x batch 4: it continues after 12 samples (3 batches), so no sample of the epoch is
+    skipped; resumed by 1 x 5 it continues after 10 (two samples seen twice)."""
+    def make(rank, world, batch):
+        return build_csv_loader(
+            csv_file, random_transform(), tokenizer=fake_tokenizer, batch_size=batch, workers=0, is_train=True,
+            seed=3, epoch=0, rank=rank, world_size=world, distributed=world > 1, max_bad_fraction=0.5,
+        )
+
+    single = run_epochs(make(0, 1, 1), 1)[0]  # the epoch's global order, one sample per batch
+    parts = [run_epochs(make(r, 2, 3), 1, stop_after=2) for r in range(2)]
+    seen = set(parts[0][0]) | set(parts[1][0])
+    states = [p[2] for p in parts]
+    for batch, repeated in ((4, 0), (5, 2)):
+        resumed = make(0, 1, batch)
+        resumed.load_state_dict(states)
+        assert resumed.dataloader.start_batch == 12 // batch
+        rest = run_epochs(resumed, 1)[0]
+        covered = set(rest) | seen
+        assert set(single[:12 // batch * batch]) <= seen  # the mapped position lies inside what was seen
+        dropped = set(single[len(single) // batch * batch:])  # the epoch's tail, dropped without a resume too
+        assert set(single) - covered <= {11} | dropped  # nothing skipped (row 11 is corrupt and replaced)
+        assert repeated <= len(set(rest) & seen) <= repeated + 1  # + the corrupt row's replacement
+
+
+@pytest.mark.timeout(60)
+def test_wds_position_at_another_world_size_restarts_the_epoch(shards, caplog):
+    def make(rank, world, workers=1):
+        return build_wds_loader(
+            shards, random_transform(), is_train=True, batch_size=2, workers=workers, tokenizer=fake_tokenizer,
+            num_samples=40, rank=rank, world_size=world, max_bad_fraction=0.5, sample_shuffle=SMALL_BUFFER,
+        )
+
+    states = [run_epochs(make(r, 2), 1, stop_after=3)[2] for r in range(2)]
+    fresh = run_epochs(make(0, 1), 1)[0]
+    resumed = make(0, 1)
+    with caplog.at_level("WARNING"):
+        resumed.load_state_dict(states)
+    assert "restarts from its first samples" in caplog.text
+    assert run_epochs(resumed, 1)[0] == fresh

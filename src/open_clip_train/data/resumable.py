@@ -298,7 +298,9 @@ class ResumableLoader:
         """
         saved = (state.get("world_size", self.layout["world_size"]), state.get("batch_size", self.layout["batch_size"]))
         mine = (self.layout["world_size"], self.layout["batch_size"])
-        if saved == mine and (self.kind == "map" or state.get("num_workers") == self.num_workers):
+        if saved == mine or (self.kind != "map" and saved[0] == mine[0]):
+            # same layout; or a WebDataset run at the same world size, which must keep its settings
+            # (load_state_dict names the one that changed)
             return state
         if self.kind == "map":
             consumed = int(state["batches"]) * saved[0] * saved[1]
