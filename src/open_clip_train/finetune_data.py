@@ -8,28 +8,11 @@ summed counts over processes are exact.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-
-class LabelledImages(Dataset):
-    """``(transform(image), label)`` for a list of ``(path, label)`` pairs."""
-
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None) -> None:
-        self.samples = list(samples)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, idx: int) -> tuple[Any, int]:
-        path, label = self.samples[idx]
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-        return (self.transform(image) if self.transform is not None else image), label
+from .data.imagenet_folder import LabelledImages
 
 
 def train_loader(

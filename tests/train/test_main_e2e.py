@@ -437,3 +437,12 @@ def test_failed_checkpoint_write_stops_run_with_one_line_error(tmp_path, tiny_mo
     from open_clip_train.checkpoint import get_latest_checkpoint
 
     assert torch.load(get_latest_checkpoint(str(ckdir)), weights_only=True)["global_step"] == 2
+
+
+@pytest.mark.parametrize("precision, warned", [("amp", True), ("amp_bf16", False), ("fp32", False)])
+def test_cpu_float16_autocast_training_is_warned_about(tmp_path, tiny_model, precision, warned):
+    assert main(_synthetic(tmp_path, tiny_model["name"], "p", "--epochs", "1", "--save-frequency", "0",
+                           "--precision", precision)) is None
+    log = (tmp_path / "logs" / "p" / "out.log").read_text()
+    assert ("very slow to train on the CPU" in log) == warned
+    assert "Train Epoch: 0" in log

@@ -4,7 +4,7 @@ order) and ``--imagenet-v2`` (folders named by class index, ImageNetV2's layout)
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
@@ -16,7 +16,24 @@ _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".webp", ".bmp"}
 IMAGENET_V2_VARIANT_DIR = "ImageNetV2-matched-frequency"
 
 
-class IndexFolderDataset(Dataset):
+class LabelledImages(Dataset):
+    """``(transform(image), label)`` for a list of ``(path, label)`` pairs, decoded to RGB."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable | None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> tuple[Any, int]:
+        path, label = self.samples[idx]
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+class IndexFolderDataset(LabelledImages):
     """Images under ``root/<class index>/...``; the label is the integer folder name (0..999).
 
     Unlike ``ImageFolder`` (which sorts folder names as strings: 0, 1, 10, 100...) this keeps
@@ -29,23 +46,14 @@ class IndexFolderDataset(Dataset):
             base = base / IMAGENET_V2_VARIANT_DIR
         if not base.is_dir():
             raise FileNotFoundError(f"ImageNetV2 folder {root!r} does not exist")
-        self.samples = sorted(
+        samples = sorted(
             (str(p), int(p.parent.name))
             for p in base.glob("*/*")
             if p.suffix.lower() in _IMAGE_SUFFIXES and p.parent.name.isdigit()
         )
-        if not self.samples:
+        if not samples:
             raise FileNotFoundError(f"No images in class-index folders (e.g. {base}/0/*.jpeg) under {root!r}")
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, idx: int) -> tuple[Any, int]:
-        path, label = self.samples[idx]
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-        return (self.transform(image) if self.transform is not None else image), label
+        super().__init__(samples, transform)
 
 
 def build_imagenet_loader(
