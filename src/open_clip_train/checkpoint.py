@@ -421,9 +421,24 @@ def resume_from_checkpoint(
         scaler: Any = None,
 ) -> ResumeState:
     """Restore model/optimizer/scaler from ``path``; return where training continues."""
-    checkpoint = load_checkpoint_file(path)
+    return restore_checkpoint(load_checkpoint_file(path), model, optimizer, scaler, path=path)
+
+
+def restore_checkpoint(
+        checkpoint: Any,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: Any = None,
+        *,
+        path: str | None = None,
+) -> ResumeState:
+    """Restore model/optimizer/scaler from a loaded checkpoint; return where training continues.
+
+    ``path``: the file it was read from, for messages and for the sharded-state folder beside it
+    (``None``: the checkpoint dict alone)."""
+    label = path or "the checkpoint"
     if not isinstance(checkpoint, dict):
-        raise ConfigError(f"--resume {path}: expected a checkpoint dict, got {type(checkpoint).__name__}.")
+        raise ConfigError(f"--resume {label}: expected a checkpoint dict, got {type(checkpoint).__name__}.")
     full = "epoch" in checkpoint and "state_dict" in checkpoint
     sd = match_module_prefix(checkpoint["state_dict"] if full else checkpoint, model)
     from .sharded_checkpoint import restore_model_and_optimizer
@@ -435,16 +450,16 @@ def resume_from_checkpoint(
             model.load_state_dict(sd)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise ConfigError(f"--resume {path}: checkpoint does not match the model ({first}). "
+            raise ConfigError(f"--resume {label}: checkpoint does not match the model ({first}). "
                               "Use the same --model (and --siglip/--force-* flags) as the run that saved it.") from e
     if not full:
-        logging.info(f"=> loaded checkpoint '{path}' (epoch 0)")
+        logging.info(f"=> loaded checkpoint '{label}' (epoch 0)")
         return ResumeState()
     if optimizer is not None and "optimizer" in checkpoint and not restored:
         try:
             optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, KeyError) as e:
-            raise ConfigError(f"--resume {path}: optimizer state does not match ({e}). "
+            raise ConfigError(f"--resume {label}: optimizer state does not match ({e}). "
                               "Resume with the same --opt and lock flags.") from e
     if scaler is not None and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
@@ -458,5 +473,5 @@ def resume_from_checkpoint(
         data_state=checkpoint.get("data_state"),
         extras={"train_state": checkpoint["train_state"]} if "train_state" in checkpoint else {},
     )
-    logging.info(f"=> resuming checkpoint '{path}' (epoch {state.start_epoch})")
+    logging.info(f"=> resuming checkpoint '{label}' (epoch {state.start_epoch})")
     return state

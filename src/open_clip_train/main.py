@@ -30,7 +30,6 @@ from open_clip_train.checkpoint import (  # noqa: F401
     LATEST_CHECKPOINT_NAME,
     get_latest_checkpoint,
     natural_key,
-    resume_from_checkpoint,
 )
 from open_clip_train.data import get_data
 from open_clip_train.distributed import (  # noqa: F401
@@ -176,7 +175,9 @@ def run(args=None):
                                      wd_text=args.wd_text)
         optimizer = _maybe_horovod_optimizer(optimizer, model, args)
         scaler = create_scaler(args.precision, device, sharded=args.fsdp)
-    resume = resume_from_checkpoint(args.resume, model, optimizer, scaler) if args.resume else None
+    run_state = RunState(model=model, optimizer=optimizer, scaler=scaler, name=args.name, args=args)
+    if args.resume:
+        run_state.resume(args.resume)
 
     # ---- data, schedule, reporters, then evaluation or the training session
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir, context_length=args.force_context_length)
@@ -185,15 +186,15 @@ def run(args=None):
     watchdog = make_watchdog(ft, args) if training else None
     try:
         return _train_or_evaluate(args, ft, watchdog, model, dist_model, (preprocess_train, preprocess_val),
-                                  optimizer, scaler, resume, tokenizer, log_base_path, resume_latest)
+                                  run_state, tokenizer, log_base_path, resume_latest)
     finally:
         if watchdog is not None:
             watchdog.stop()
 
 
-def _train_or_evaluate(args, ft: FaultTolerance, watchdog, model, dist_model, preprocess_fns, optimizer, scaler,
-                       resume, tokenizer, log_base_path: str, resume_latest: bool):
-    start_epoch = resume.start_epoch if resume else 0
+def _train_or_evaluate(args, ft: FaultTolerance, watchdog, model, dist_model, preprocess_fns, run_state: RunState,
+                       tokenizer, log_base_path: str, resume_latest: bool):
+    start_epoch, optimizer = run_state.epoch, run_state.optimizer
     # Opening the data can block too (a CSV on a dead mount): the stall watchdog watches it.
     with watchdog.waiting("the training data to open") if watchdog is not None else contextlib.nullcontext():
         data = _get_data(args, preprocess_fns, start_epoch, tokenizer)
@@ -226,9 +227,7 @@ def _train_or_evaluate(args, ft: FaultTolerance, watchdog, model, dist_model, pr
         return None
 
     # ---- train / evaluate / save
-    run_state = RunState(model=original_model, optimizer=optimizer, scaler=scaler, data_info=data["train"],
-                         name=args.name, args=args)
-    run_state.load_progress(resume)
+    run_state.data_info = data["train"]
     session = TrainingSession(args=args, model=model, dist_model=dist_model, data=data,
                               loss=build_loss(args, unwrap_model(original_model)), scheduler=scheduler,
                               writer=writer, tokenizer=tokenizer, run_state=run_state, ft=ft, watchdog=watchdog)

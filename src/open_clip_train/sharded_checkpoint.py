@@ -149,15 +149,16 @@ def _load_full_into_sharded(model: torch.nn.Module, optimizer: Any, checkpoint: 
 
 
 def restore_model_and_optimizer(
-    path: str, checkpoint: dict, model: torch.nn.Module, optimizer: Any, model_state: dict
+    path: str | None, checkpoint: dict, model: torch.nn.Module, optimizer: Any, model_state: dict
 ) -> bool:
     """Restore ``model`` (and ``optimizer``) from a checkpoint that involves sharding: one with a
     ``.dcp`` folder, or any checkpoint resumed by a sharded model. Returns False when neither
-    applies (the caller restores a plain model from the file). ``model_state``: the file's model
-    weights, prefixes already matched."""
-    folder = dcp_path(path)
+    applies (the caller restores a plain model from the file). ``path``: the checkpoint file (None:
+    a checkpoint held in memory, with no folder); ``model_state``: its model weights, prefixes
+    already matched."""
+    folder = dcp_path(path) if path is not None else None
     try:
-        if os.path.isdir(folder):
+        if folder is not None and os.path.isdir(folder):
             _load_dcp(model, optimizer, folder)
             return True
         if is_sharded(model):
@@ -166,7 +167,7 @@ def restore_model_and_optimizer(
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"--resume {path}: checkpoint does not match the model or optimizer ({first}). Use the same --model, "
-            "--opt and lock flags as the run that saved it."
+            f"--resume {path or 'checkpoint'}: checkpoint does not match the model or optimizer ({first}). "
+            "Use the same --model, --opt and lock flags as the run that saved it."
         ) from e
     return False

@@ -1,5 +1,6 @@
-"""ImageNet-style evaluation folders for zero-shot: ``--imagenet-val`` (class folders, ImageFolder
-order) and ``--imagenet-v2`` (folders named by class index, ImageNetV2's layout)."""
+"""Labelled image folders: ``--imagenet-val`` (class folders, ImageFolder order), ``--imagenet-v2``
+(folders named by class index, ImageNetV2's layout), and the ``(path, label)`` dataset the fine-tuning
+loaders share with them."""
 
 from __future__ import annotations
 
