@@ -1,6 +1,6 @@
 """Model factory: a model name (+ pretrained tag or file) -> a built, weight-loaded, placed model.
 
-`create_model` follows 3.3's order of operations (spec 01 §4.2): resolve the config and checkpoint,
+`create_model` follows 3.3's order of operations: resolve the config and checkpoint,
 apply `force_*` overrides, choose the class from the config (`multimodal_cfg` -> CoCa; custom or HF
 text -> CustomTextCLIP; else CLIP), build, set device and precision, load weights, attach the
 preprocess cfg. When a full checkpoint will be loaded, the model is built on the meta device (no
@@ -214,7 +214,7 @@ _BUILD_ON_META = True
 
 def _resolve(model_name: str, schema: Optional[str], ident: str, pretrained: Optional[str],
              load_weights: bool, cache_dir: Optional[str]):
-    """Steps 2-4 of spec 01 §4.2: (model_cfg, checkpoint_path, preprocess_cfg, tag_cfg, pretrained)."""
+    """Resolve the name and tag: (model_cfg, checkpoint_path, preprocess_cfg, tag_cfg, pretrained)."""
     preprocess_cfg = _default_preprocess_cfg()
     if schema and pretrained:
         logging.warning("Ignoring pretrained='%s' because model name '%s' has a '%s:' schema.",
@@ -318,7 +318,7 @@ def create_model(
 
 def _build_and_load(model_cls, final_cfg: dict[str, Any], checkpoint_path: Optional[str], device: torch.device,
                     precision: str, is_timm: bool, weights_only: bool, model_name: str) -> torch.nn.Module:
-    """Steps 10-12 of spec 01 §4.2: construct, place and cast, load the full checkpoint if any."""
+    """Construct, place and cast, then load the full checkpoint if any (3.3's order)."""
     cast_dtype = get_cast_dtype(precision)
 
     def build():

@@ -1,6 +1,6 @@
 """Batched fast path of ``SimpleTokenizer``: the same ids as the reference algorithm, >10x faster.
 
-Why it is exact (each step is an identity argued from the reference pipeline, spec 03 §2-8):
+Why it is exact (each step is an identity argued from the reference pipeline):
 1. Cleaning: text for which ftfy and ``html.unescape`` are provably no-ops (``is_clean_noop``)
    skips them; every other text goes through the full clean function.
 2. Chunking: the pre-tokenisation regex never matches whitespace and has no look-behind, so on a

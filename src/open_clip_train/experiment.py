@@ -145,7 +145,7 @@ def make_tb_writer(args):
 
 
 def init_wandb(args, data: dict, model, params_file: str, resume_latest: bool) -> None:
-    """wandb run on the master (resume='auto' when ``--resume latest`` was asked for: 3.3 bug 6)."""
+    """wandb run on the master (resume='auto' when ``--resume latest`` was asked for, unlike 3.3)."""
     import wandb
 
     logging.debug("Starting wandb.")

@@ -154,7 +154,7 @@ def _model_forward(model, dist_model, images, texts: TextBatch, distill: bool) -
     if distill:
         with torch.no_grad():
             teacher_out = _call(dist_model, images, texts, teacher=True)
-        # DistillClipLoss takes no logit_bias: keep only the contrastive inputs (3.3 bug 12).
+        # DistillClipLoss takes no logit_bias (3.3 passed it and crashed): keep only the contrastive inputs.
         model_out = {k: v for k, v in model_out.items() if k != "logit_bias"}
         model_out.update({f"dist_{k}": v for k, v in teacher_out.items() if k != "logit_bias"})
     return model_out

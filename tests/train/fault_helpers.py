@@ -1,6 +1,7 @@
-"""Shared builders for the process-level fault tests: a tiny model directory, CSV data with optional
-corrupt rows, the environment and command lines of `python -m open_clip_train.main` and torchrun, and
-waiting for log lines. (No tests in this module.)"""
+"""Shared builders of the training-app tests: tiny CLIP and CoCa configs, a tiny model directory, CSV
+data with optional corrupt rows, fixed batches standing in for a train loader, the environment and
+command lines of `python -m open_clip_train.main` and torchrun, and waiting for log lines. (No tests
+in this module.)"""
 
 from __future__ import annotations
 
@@ -21,8 +22,37 @@ TINY = {
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
+TINY_COCA = {
+    "custom_text": True,
+    "embed_dim": 32,
+    "multimodal_cfg": {"attn_pooler_heads": 2, "context_length": 16, "heads": 2, "layers": 1, "vocab_size": 49408,
+                       "width": 32},
+    "text_cfg": {"context_length": 16, "embed_cls": True, "heads": 2, "layers": 1, "output_tokens": True,
+                 "vocab_size": 49408, "width": 32},
+    "vision_cfg": {"attentional_pool": True, "attn_pooler_heads": 2, "image_size": 32, "layers": 1,
+                   "output_tokens": True, "patch_size": 16, "width": 32, "head_width": 16},
+}
 DIST_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_ID",
             "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_SIGNALS_TO_HANDLE")
+
+
+class Loader(list):
+    """Fixed ``(images, texts)`` batches with the sizes a train loader reports."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.num_batches = len(batches)
+        self.num_samples = sum(len(b[0]) for b in batches)
+
+
+class Info:
+    """The ``DataInfo`` face of a loader: ``data["train"]`` for ``train_one_epoch``."""
+
+    def __init__(self, loader):
+        self.dataloader = loader
+
+    def set_epoch(self, epoch):
+        pass
 
 
 def write_model_dir(root) -> str:

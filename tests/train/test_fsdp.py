@@ -10,12 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fault_helpers import env, free_port
 from PIL import Image
-
-try:
-    from .fault_helpers import env, free_port
-except ImportError:
-    from fault_helpers import env, free_port
 
 TINY = {
     "embed_dim": 32,

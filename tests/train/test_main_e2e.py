@@ -9,25 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from fault_helpers import TINY, TINY_COCA
 from PIL import Image
 
 from open_clip_train.main import main
 
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-TINY_COCA = {
-    "custom_text": True,
-    "embed_dim": 32,
-    "multimodal_cfg": {"attn_pooler_heads": 2, "context_length": 16, "heads": 2, "layers": 1, "vocab_size": 49408,
-                       "width": 32},
-    "text_cfg": {"context_length": 16, "embed_cls": True, "heads": 2, "layers": 1, "output_tokens": True,
-                 "vocab_size": 49408, "width": 32},
-    "vision_cfg": {"attentional_pool": True, "attn_pooler_heads": 2, "image_size": 32, "layers": 1,
-                   "output_tokens": True, "patch_size": 16, "width": 32, "head_width": 16},
-}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

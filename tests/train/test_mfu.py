@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from fault_helpers import Info, Loader
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from open_clip.models.clip import CLIP
@@ -235,21 +236,6 @@ def test_mfu_arithmetic():
 # ---- the training loop and its log line
 
 
-class _Loader(list):
-    def __init__(self, batches):
-        super().__init__(batches)
-        self.num_batches = len(batches)
-        self.num_samples = sum(len(b[0]) for b in batches)
-
-
-class _Info:
-    def __init__(self, loader):
-        self.dataloader = loader
-
-    def set_epoch(self, epoch):
-        pass
-
-
 class _LinearClip(torch.nn.Module):
     """Image and text features from one linear map each, so that a step's FLOPs count by hand."""
 
@@ -292,7 +278,7 @@ def test_log_lines_report_mfu_from_the_hand_count(caplog, monkeypatch):
     model = _LinearClip(d_img, d_txt, embed)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     with caplog.at_level("INFO"):
-        train_one_epoch(model, {"train": _Info(_Loader(batches))}, _dot_loss, 0, opt, None, lambda s: 0.01, None,
+        train_one_epoch(model, {"train": Info(Loader(batches))}, _dot_loss, 0, opt, None, lambda s: 0.01, None,
                         _args())
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Train Epoch")]
     assert len(lines) == 3
@@ -322,7 +308,7 @@ def test_counting_changes_no_training_result(tower, precision, monkeypatch):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         batches = [_clip_batch(4, seed) for seed in range(2)]
         for epoch in range(2):
-            train_one_epoch(model, {"train": _Info(_Loader(batches))}, ClipLoss(), epoch, opt, None,
+            train_one_epoch(model, {"train": Info(Loader(batches))}, ClipLoss(), epoch, opt, None,
                             lambda s: 1e-3, None, _args(log_every_n_steps=100, precision=precision))
         return model.state_dict(), opt.state_dict()["state"], torch.get_rng_state()
 

@@ -10,31 +10,17 @@ import time
 
 import pytest
 import torch
-
-try:
-    from .fault_helpers import (
-        assert_same_weights,
-        count_in,
-        env,
-        final_weights,
-        main_cmd,
-        train_args,
-        wait_for,
-        write_csv,
-        write_model_dir,
-    )
-except ImportError:
-    from fault_helpers import (
-        assert_same_weights,
-        count_in,
-        env,
-        final_weights,
-        main_cmd,
-        train_args,
-        wait_for,
-        write_csv,
-        write_model_dir,
-    )
+from fault_helpers import (
+    assert_same_weights,
+    count_in,
+    env,
+    final_weights,
+    main_cmd,
+    train_args,
+    wait_for,
+    write_csv,
+    write_model_dir,
+)
 
 EPOCHS = ["--epochs", "3", "--batch-size", "4"]  # 24 rows -> 6 steps per epoch, 18 in all
 

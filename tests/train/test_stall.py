@@ -10,11 +10,7 @@ import textwrap
 import time
 
 import pytest
-
-try:
-    from .fault_helpers import env, free_port, main_cmd, train_args, write_csv, write_model_dir
-except ImportError:
-    from fault_helpers import env, free_port, main_cmd, train_args, write_csv, write_model_dir
+from fault_helpers import env, free_port, main_cmd, train_args, write_csv, write_model_dir
 
 TIMEOUT = "3"
 

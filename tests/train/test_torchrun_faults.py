@@ -11,44 +11,21 @@ import sys
 import textwrap
 
 import pytest
-
-try:
-    from .fault_helpers import (
-        TINY,
-        assert_same_weights,
-        env,
-        final_weights,
-        torchrun_cmd,
-        train_args,
-        wait_for,
-        write_csv,
-        write_model_dir,
-    )
-except ImportError:
-    from fault_helpers import (
-        TINY,
-        assert_same_weights,
-        env,
-        final_weights,
-        torchrun_cmd,
-        train_args,
-        wait_for,
-        write_csv,
-        write_model_dir,
-    )
+from fault_helpers import (
+    TINY,
+    TINY_COCA,
+    assert_same_weights,
+    env,
+    final_weights,
+    free_port,
+    torchrun_cmd,
+    train_args,
+    wait_for,
+    write_csv,
+    write_model_dir,
+)
 
 pytestmark = pytest.mark.dist
-
-TINY_COCA = {
-    "custom_text": True,
-    "embed_dim": 32,
-    "multimodal_cfg": {"attn_pooler_heads": 2, "context_length": 16, "heads": 2, "layers": 1, "vocab_size": 49408,
-                       "width": 32},
-    "text_cfg": {"context_length": 16, "embed_cls": True, "heads": 2, "layers": 1, "output_tokens": True,
-                 "vocab_size": 49408, "width": 32},
-    "vision_cfg": {"attentional_pool": True, "attn_pooler_heads": 2, "image_size": 32, "layers": 1,
-                   "output_tokens": True, "patch_size": 16, "width": 32, "head_width": 16},
-}
 
 # Runs every loss mode in one torchrun launch: main() joins the process group the first call formed.
 RUNNER = textwrap.dedent("""
@@ -89,7 +66,7 @@ def test_every_loss_mode_trains_on_corrupt_csv_under_torchrun(tmp_path):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_port()), str(script), json.dumps(base), json.dumps(runs), str(configs)]
+           str(free_port()), str(script), json.dumps(base), json.dumps(runs), str(configs)]
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=540, cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     for name, _ in runs:
@@ -100,14 +77,6 @@ def test_every_loss_mode_trains_on_corrupt_csv_under_torchrun(tmp_path):
         # each bad row is read by one rank and counted once over both ranks
         assert "skipped bad training samples: image_decode_error=1, missing_image=1" in log, name
         assert os.path.exists(tmp_path / "logs" / name / "checkpoints" / "epoch_1.pt")
-
-
-def _port():
-    try:
-        from .fault_helpers import free_port
-    except ImportError:
-        from fault_helpers import free_port
-    return free_port()
 
 
 def _run_torchrun(tmp_path, model, csv, name, *extra, timeout=300):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fault_helpers import Info, Loader
 
 from open_clip.loss import ClipLoss, CoCaLoss, DistillClipLoss, SigLipLoss
 from open_clip_train.checkpoint import get_rng_state
@@ -42,21 +43,6 @@ def naive_clip_loss(image_features, text_features, logit_scale, output_dict=Fals
     labels = torch.arange(len(logits))
     loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
     return {"contrastive_loss": loss} if output_dict else loss
-
-
-class Loader(list):
-    def __init__(self, batches):
-        super().__init__(batches)
-        self.num_batches = len(batches)
-        self.num_samples = sum(len(b[0]) for b in batches)
-
-
-class Info:
-    def __init__(self, loader):
-        self.dataloader = loader
-
-    def set_epoch(self, epoch):
-        pass
 
 
 def _batches(n, bs=4, seed=0):

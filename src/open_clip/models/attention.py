@@ -73,7 +73,7 @@ class Attention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.logit_scale_max = logit_scale_max
 
-        # creation order matters for seeded init (spec 02 §3.3)
+        # creation order matters: seeded init draws in 3.3's order
         self.in_proj_weight = nn.Parameter(torch.randn((dim * 3, dim)) * self.scale)
         if qkv_bias:
             self.in_proj_bias = nn.Parameter(torch.zeros(dim * 3))

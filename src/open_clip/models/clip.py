@@ -31,7 +31,7 @@ from .vision_transformer import VisionTransformer
 
 @dataclass
 class CLIPVisionCfg:
-    """Image tower settings (a `vision_cfg` dict in a model config); see spec 02 §1.1."""
+    """Image tower settings (a `vision_cfg` dict in a model config)."""
     layers: Union[tuple[int, int, int, int], int] = 12
     width: int = 768
     head_width: int = 64
@@ -68,7 +68,7 @@ class CLIPVisionCfg:
 
 @dataclass
 class CLIPTextCfg:
-    """Text tower settings (a `text_cfg` dict in a model config); see spec 02 §1.2."""
+    """Text tower settings (a `text_cfg` dict in a model config)."""
     context_length: int = 77
     vocab_size: int = 49408
     hf_tokenizer_name: Optional[str] = None

@@ -57,7 +57,7 @@ class MultimodalTransformer(Transformer):
             norm_layer=norm_layer,
             batch_first=batch_first,
         )
-        # creation order = 3.3's RNG consumption order (spec 02 §7, §12)
+        # creation order = 3.3's RNG consumption order (seeded init equals 3.3's)
         self.context_length = context_length
         self.cross_attn = nn.ModuleList(
             [

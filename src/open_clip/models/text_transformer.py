@@ -75,7 +75,7 @@ class TextTransformer(CausalTextEncoder, nn.Module):
         self.correct_cls_mask = correct_cls_mask
         self.early_stop = True
 
-        # creation order = RNG consumption order of 3.3 (spec 02 §6.1, §12)
+        # creation order = RNG consumption order of 3.3 (seeded init equals 3.3's)
         self.token_embedding = nn.Embedding(vocab_size, width)
         if embed_cls:
             self.cls_emb = nn.Parameter(torch.empty(width))

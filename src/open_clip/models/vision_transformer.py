@@ -78,7 +78,7 @@ class VisionTransformer(nn.Module):
         self.output_dim = output_dim
         self.last_block_pooled_only = True
 
-        # creation order = RNG consumption order of 3.3 (spec 02 §12)
+        # creation order = RNG consumption order of 3.3 (seeded init equals 3.3's)
         self.conv1 = nn.Conv2d(3, width, kernel_size=self.patch_size, stride=self.patch_size, bias=False)
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))

@@ -1,7 +1,7 @@
 """3.3's public WebDataset pipeline stages, kept for code that composes its own ``wds.DataPipeline``.
 
 Our loaders (``webdataset_pipeline``) do not use these: they need a deterministic, resumable order.
-Semantics follow the spec of 3.3's ``data.py`` (§4.4); the stages import ``webdataset`` lazily.
+They behave as 3.3's ``data.py`` stages of the same names; they import ``webdataset`` lazily.
 """
 
 from __future__ import annotations
